@@ -1,0 +1,36 @@
+"""Named dependencies: routes declare what they need, read from app.state (built in lifespan)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from starlette.requests import HTTPConnection
+
+from app.codec import decode_json
+from app.config import Settings
+from app.dataplane import DataPlane
+from app.metrics import Metrics
+
+
+def get_dataplane(conn: HTTPConnection) -> DataPlane:
+    return conn.app.state.dataplane  # type: ignore[no-any-return]
+
+
+def get_settings(conn: HTTPConnection) -> Settings:
+    return conn.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_metrics(conn: HTTPConnection) -> Metrics:
+    return conn.app.state.metrics  # type: ignore[no-any-return]
+
+
+async def json_body(request: Request) -> Any:
+    """The body parsed by orjson (size already bounded by BodyLimitMiddleware)."""
+    return decode_json(await request.body())
+
+
+DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+JsonBody = Annotated[Any, Depends(json_body)]

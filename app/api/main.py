@@ -1,0 +1,11 @@
+"""The one place that assembles the per-resource routers."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.api import health, metrics, models, predict, sessions
+
+api_router = APIRouter()
+for module in (health, models, predict, sessions, metrics):
+    api_router.include_router(module.router)

@@ -1,0 +1,160 @@
+"""Streaming sessions: create, steps (HTTP and WebSocket), inspect, export, reset, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Response, WebSocket, WebSocketDisconnect
+
+from app import codec
+from app.api.common import errors, session_body
+from app.api.deps import DataPlaneDep, JsonBody
+from app.codec import NumpyJSONResponse
+from app.dataplane import DataPlane, StepResult
+from app.errors import NotFound, PayloadTooLarge, PeepholeError, as_peephole, error_payload
+from app.schemas import (
+    SessionCreate,
+    SessionPublic,
+    SessionState,
+    StepRequest,
+    StepResponse,
+    request_body,
+)
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+
+async def apply_steps(dp: DataPlane, session_id: str, body: Any) -> dict[str, Any]:
+    """One chunk, from a parsed JSON body to the response body (shared by HTTP and WS)."""
+    req = StepRequest.model_validate(body)
+    _, engine = await dp.session_engine(session_id)
+    x = codec.sequence(req.inputs, engine.input_size, "inputs", dp.settings.max_steps)
+    r: StepResult = await dp.step(session_id, x, req.offset, req.return_internals)
+    out: dict[str, Any] = {
+        "session_id": session_id,
+        "offset": r.session.offset,
+        "outputs": r.outputs,
+    }
+    if r.internals is not None:
+        out["internals"] = r.internals
+    return out
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=None,
+    responses={201: {"model": SessionPublic}, **errors(404, 413, 422, 429, 503)},
+    openapi_extra=request_body(SessionCreate),
+)
+async def create_session(body: JsonBody, dp: DataPlaneDep) -> NumpyJSONResponse:
+    """Open a session pinned to a model version (newest by default).
+
+    `state` (and optionally `offset`) restores a session exported by `GET .../state`.
+    """
+    req = SessionCreate.model_validate(body)
+    engine = dp.model(req.model, req.version)
+    state = codec.state(req.state, engine.state_specs, "state") if req.state is not None else None
+    s = await dp.create_session(engine.name, engine.version, state, req.offset, req.ttl_seconds)
+    return NumpyJSONResponse(session_body(s), status_code=201)
+
+
+@router.post(
+    "/{session_id}/steps",
+    response_model=None,
+    responses={200: {"model": StepResponse}, **errors(404, 409, 413, 422, 503)},
+    openapi_extra=request_body(StepRequest),
+)
+async def steps(session_id: str, body: JsonBody, dp: DataPlaneDep) -> NumpyJSONResponse:
+    """Feed one or more steps. With `offset`: applied when it is the current offset; a retry
+    of the last chunk (its offset and the same inputs) returns the same outputs without
+    applying them again; anything else is 409 with the current offset."""
+    return NumpyJSONResponse(await apply_steps(dp, session_id, body))
+
+
+@router.get(
+    "/{session_id}",
+    response_model=None,
+    responses={200: {"model": SessionPublic}, **errors(404, 503)},
+)
+async def get_session(session_id: str, dp: DataPlaneDep) -> NumpyJSONResponse:
+    """The session's fields with its current offset and expiry (extends its life)."""
+    return NumpyJSONResponse(session_body(await dp.get_session(session_id)))
+
+
+@router.get(
+    "/{session_id}/state",
+    response_model=None,
+    responses={200: {"model": SessionState}, **errors(404, 503)},
+)
+async def get_state(session_id: str, dp: DataPlaneDep) -> NumpyJSONResponse:
+    """Export the state; `POST /v1/sessions` with it (and `offset`) restores the session."""
+    s = await dp.get_session(session_id)
+    body = {"session_id": s.session_id, "model": s.model, "version": s.version}
+    return NumpyJSONResponse({**body, "offset": s.offset, "state": s.state})
+
+
+@router.post(
+    "/{session_id}/reset",
+    response_model=None,
+    responses={200: {"model": SessionPublic}, **errors(404, 503)},
+)
+async def reset(session_id: str, dp: DataPlaneDep) -> NumpyJSONResponse:
+    """Back to offset 0 and the initial state."""
+    return NumpyJSONResponse(session_body(await dp.reset_session(session_id)))
+
+
+@router.delete("/{session_id}", status_code=204, responses=errors(404, 503))
+async def delete(session_id: str, dp: DataPlaneDep) -> Response:
+    """End the session now."""
+    await dp.delete_session(session_id)
+    return Response(status_code=204)
+
+
+async def _send(ws: WebSocket, body: dict[str, Any]) -> None:
+    await ws.send_text(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY).decode())
+
+
+@router.websocket("/{session_id}/stream")
+async def stream(ws: WebSocket, session_id: str, dp: DataPlaneDep) -> None:
+    """Each text message `{"inputs", "offset"?}` gets the `/steps` body, or
+    `{"detail", "status"}` (the socket stays open). An unknown session: 404, close 4404."""
+    await ws.accept()
+    try:
+        await dp.get_session(session_id)
+    except PeepholeError as e:
+        await _send(ws, error_payload(e))
+        await ws.close(4404 if isinstance(e, NotFound) else 1011)
+        return
+    limit = dp.settings.max_body_bytes
+    metrics = getattr(ws.app.state, "metrics", None)
+    while True:
+        try:
+            message = await ws.receive()
+        except WebSocketDisconnect:
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("text")
+        if data is None:
+            data = message.get("bytes") or b""
+        try:
+            if len(data) > limit:
+                raise PayloadTooLarge(f"message over the limit of {limit} bytes")
+            body = await apply_steps(dp, session_id, codec.decode_json(data))
+            status = 200
+        except Exception as exc:
+            err = as_peephole(exc)
+            if err is None:
+                raise
+            body, status = error_payload(err), err.status_code
+        if metrics is not None:
+            metrics.ws_messages.labels(status=str(status)).inc()
+        try:
+            await _send(ws, body)
+        except WebSocketDisconnect:
+            return
+        if status == 404:
+            await ws.close(4404)
+            return

@@ -1,0 +1,68 @@
+"""API keys (PEEPHOLE_API_KEYS): `Authorization: Bearer <key>` on every route but health and /ui.
+
+Checked in a middleware, before any body is read, so a request without a key learns only
+401. Keys are compared with `hmac.compare_digest` against every configured key (no early
+exit). A WebSocket may pass `?access_token=<key>` because browsers cannot set its headers.
+"""
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import parse_qs
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import Unauthorized, error_payload, json_response
+
+OPEN_PREFIXES = ("/health/", "/v2/health/")
+OPEN_PATHS = frozenset({"/ui", "/ui/"})
+
+
+def is_open(path: str) -> bool:
+    """Routes that never need a key: the four health routes and the /ui page itself."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
+def key_matches(token: str, keys: list[str]) -> bool:
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(token.encode(), key.encode())
+    return ok
+
+
+def bearer(scope: Scope) -> str | None:
+    for name, value in scope.get("headers") or ():
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, keys: list[str]) -> None:
+        self.app = app
+        self.keys = list(keys)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.keys or scope["type"] not in ("http", "websocket") or is_open(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        token = bearer(scope)
+        if token is None and scope["type"] == "websocket":
+            qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            token = (qs.get("access_token") or [None])[0]
+        if token is not None and key_matches(token, self.keys):
+            await self.app(scope, receive, send)
+            return
+        err = Unauthorized()
+        if scope["type"] == "http":
+            await json_response(err.status_code, err.body(), err.headers)(scope, receive, send)
+            return
+        # WebSocket: accept, say why in the stream's error form, close with 4401.
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.send", "text": orjson.dumps(error_payload(err)).decode()})
+        await send({"type": "websocket.close", "code": 4401})

@@ -1,0 +1,76 @@
+"""Settings: every PEEPHOLE_* variable of CONTRACT section 2, read once (environment, then `.env`).
+
+Validators refuse unsafe or inconsistent values at start rather than at the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """The service configuration (CONTRACT section 2 plus a few internal knobs)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PEEPHOLE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        protected_namespaces=(),
+    )
+
+    model_repository: Path = Path("./models")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    session_store: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    session_ttl_seconds: int = Field(default=3600, ge=1)
+    max_ttl_seconds: int = Field(default=604800, ge=1)
+    max_sessions: int = Field(default=100000, ge=1)
+    max_batch_size: int = Field(default=256, ge=1)
+    max_steps: int = Field(default=100000, ge=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Comma-separated in the environment; empty means no authentication.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Internal knobs (not in the contract; defaults suit a small CPU box).
+    inference_threads: int = Field(default=0, ge=0)  # worker threads; 0 = one per core
+    intra_op_threads: int = Field(default=0, ge=0)  # ONNX Runtime threads per run; 0 = auto
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    session_sweep_seconds: float = Field(default=5.0, gt=0)
+    graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_are_tokens(cls, v: list[str]) -> list[str]:
+        for key in v:
+            if any(c.isspace() for c in key) or not key.isprintable():
+                raise ValueError("API keys must be printable and contain no whitespace")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.session_ttl_seconds > self.max_ttl_seconds:
+            raise ValueError("PEEPHOLE_SESSION_TTL_SECONDS exceeds PEEPHOLE_MAX_TTL_SECONDS")
+        return self
+
+    @property
+    def cores(self) -> int:
+        """CPU cores this process may use (respects affinity / container CPU sets)."""
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - non-Linux
+            return max(1, os.cpu_count() or 1)

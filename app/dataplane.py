@@ -1,0 +1,270 @@
+"""The data plane: what every protocol (/v1 now, KServe v2 later) calls to do the work.
+
+Protocol routers parse their wire format into numpy and call this object; it owns the
+limits, the session rules (offsets, exactly-once retries, serialisation through the store)
+and hands inference to the runner (thread pool now, a batcher later). No HTTP here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from app.config import Settings
+from app.errors import InvalidInput, OffsetConflict, PayloadTooLarge, StoreUnavailable
+from app.inference.engine import Engine, EngineResult, Runner
+from app.inference.registry import ModelRegistry
+from app.metrics import Metrics
+from app.sessions.base import Session, SessionStore, inputs_digest, new_session_id, now
+
+
+@dataclass
+class PredictResult:
+    engine: Engine
+    outputs: list[np.ndarray]  # per sequence: [T_b, O], or [O] without return_sequences
+    states: list[dict[str, np.ndarray]] | None  # per sequence, no batch dimension
+    internals: list[dict[str, Any]] | None  # per sequence, CONTRACT's internals form
+
+
+@dataclass
+class StepResult:
+    session: Session
+    outputs: np.ndarray  # [T, O]
+    internals: dict[str, Any] | None
+    retried: bool = False
+
+
+def internals_of(ints: dict[str, np.ndarray], b: int, length: int) -> dict[str, Any]:
+    """Sequence b's internals as CONTRACT section 3 lays them out (contiguous for orjson)."""
+    gates = ints["gates"][b, :length]  # [T, blocks, 3]: input, forget, output
+    return {
+        "cell_states": np.ascontiguousarray(ints["cell_states"][b, :length]),
+        "cell_outputs": np.ascontiguousarray(ints["cell_outputs"][b, :length]),
+        "gates": {
+            g: np.ascontiguousarray(gates[..., i])
+            for i, g in enumerate(("input", "forget", "output"))
+        },
+    }
+
+
+def _check_finite(result: EngineResult) -> None:
+    """Finite but extreme inputs can overflow a linear output; refuse rather than send null."""
+    if not np.isfinite(result.y).all() or not all(
+        np.isfinite(s).all() for s in result.states.values()
+    ):
+        raise InvalidInput(
+            "these inputs drive the model to non-finite values; are they in its range?"
+        )
+
+
+class DataPlane:
+    """Models, prediction and sessions, independent of the wire protocol."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        store: SessionStore,
+        runner: Runner,
+        settings: Settings,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.runner = runner
+        self.settings = settings
+        self.metrics = metrics
+
+    # -- models ------------------------------------------------------------------------
+
+    def model(self, name: str, version: int | str | None = None) -> Engine:
+        """The engine of name/version (newest when None); ModelNotFound (404) otherwise."""
+        return self.registry.get(name, version)
+
+    def models(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": n,
+                "versions": self.registry.versions(n),
+                "default_version": max(self.registry.versions(n)),
+            }
+            for n in self.registry.names()
+        ]
+
+    def check_limits(self, batch: int, steps: int) -> None:
+        """PEEPHOLE_MAX_BATCH_SIZE / PEEPHOLE_MAX_STEPS, for protocols that parse elsewhere."""
+        if batch > self.settings.max_batch_size:
+            raise PayloadTooLarge(f"{batch} sequences; the limit is {self.settings.max_batch_size}")
+        if steps > self.settings.max_steps:
+            raise PayloadTooLarge(f"{steps} time steps; the limit is {self.settings.max_steps}")
+
+    def _check_internals(self, engine: Engine, internals: bool) -> None:
+        if internals and not engine.has_internals:
+            raise InvalidInput(f"model {engine.name}/{engine.version} has no internals graph")
+
+    # -- prediction ----------------------------------------------------------------------
+
+    async def infer(
+        self,
+        engine: Engine,
+        x: np.ndarray,
+        states: dict[str, np.ndarray] | None = None,
+        lengths: np.ndarray | None = None,
+        internals: bool = False,
+    ) -> EngineResult:
+        """Raw batched inference ([B, T, I] + states [B, ...]); the entry for other protocols."""
+        self._check_internals(engine, internals)
+        self.check_limits(x.shape[0], x.shape[1])
+        result = await self.runner(engine, x, states, lengths, internals)
+        _check_finite(result)
+        return result
+
+    async def predict(
+        self,
+        engine: Engine,
+        x: np.ndarray,
+        lengths: np.ndarray,
+        states: dict[str, np.ndarray] | None = None,
+        *,
+        return_sequences: bool = True,
+        return_state: bool = False,
+        internals: bool = False,
+    ) -> PredictResult:
+        """Whole sequences: each one's outputs and final state are those of it alone."""
+        r = await self.infer(engine, x, states, lengths, internals)
+        n = [int(v) for v in lengths]
+        outs = [r.y[b, : n[b]] if return_sequences else r.y[b, n[b] - 1] for b in range(len(n))]
+        st = (
+            [{k: v[b] for k, v in r.states.items()} for b in range(len(n))]
+            if return_state
+            else None
+        )
+        ints = [internals_of(r.internals, b, n[b]) for b in range(len(n))] if r.internals else None
+        return PredictResult(engine, outs, st, ints)
+
+    # -- sessions ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _store_op(self, op: str) -> AsyncIterator[None]:
+        """Count store failures by operation (the one place the metric is fed)."""
+        try:
+            yield
+        except StoreUnavailable:
+            if self.metrics is not None:
+                self.metrics.store_errors.labels(operation=op).inc()
+            raise
+
+    async def create_session(
+        self,
+        name: str,
+        version: int | None = None,
+        state: dict[str, np.ndarray] | None = None,
+        offset: int | None = None,
+        ttl_seconds: int | None = None,
+    ) -> Session:
+        """A new session at offset 0 from zeros, or restored from an exported state/offset."""
+        engine = self.model(name, version)
+        if offset is not None and state is None:
+            raise InvalidInput("offset is only accepted together with state (restoring a session)")
+        ttl = self.settings.session_ttl_seconds if ttl_seconds is None else ttl_seconds
+        if not 1 <= ttl <= self.settings.max_ttl_seconds:
+            raise InvalidInput(f"ttl_seconds must be between 1 and {self.settings.max_ttl_seconds}")
+        init = state if state is not None else {k: v[0] for k, v in engine.initial_state(1).items()}
+        session = Session(
+            session_id=new_session_id(),
+            model=engine.name,
+            version=engine.version,
+            ttl_seconds=ttl,
+            state=init,
+            offset=offset or 0,
+            created_at=now(),
+        )
+        async with self._store_op("create"):
+            return await self.store.create(session)
+
+    async def get_session(self, session_id: str) -> Session:
+        """A snapshot (extends the session's life)."""
+        async with self._store_op("get"):
+            return await self.store.get(session_id)
+
+    async def session_engine(self, session_id: str) -> tuple[Session, Engine]:
+        """The session and the engine of its pinned version (404 if either is gone)."""
+        s = await self.get_session(session_id)
+        return s, self.model(s.model, s.version)
+
+    async def step(
+        self,
+        session_id: str,
+        x: np.ndarray,
+        offset: int | None = None,
+        internals: bool = False,
+    ) -> StepResult:
+        """Apply one chunk [T, I] to a session, exactly once, serialised with other calls."""
+        if x.ndim != 2 or x.shape[0] == 0:
+            raise InvalidInput("a chunk needs at least one time step")
+        if x.shape[0] > self.settings.max_steps:
+            raise PayloadTooLarge(
+                f"{x.shape[0]} time steps; the limit is {self.settings.max_steps}"
+            )
+        digest = inputs_digest(x)
+        async with self._store_op("step"), self.store.locked(session_id) as s:
+            engine = self.model(s.model, s.version)
+            self._check_internals(engine, internals)
+            if offset is not None and offset != s.offset:
+                if (
+                    offset == s.last_offset
+                    and digest == s.last_digest
+                    and s.last_outputs is not None
+                ):
+                    if internals and s.last_internals is None:
+                        raise OffsetConflict(
+                            s.offset, "this retry asks for internals the original call did not"
+                        )
+                    return StepResult(
+                        s, s.last_outputs, s.last_internals if internals else None, True
+                    )
+                raise OffsetConflict(s.offset)
+            states = {k: v[None] for k, v in s.state.items()}
+            r = await self.infer(engine, x[None], states, None, internals)
+            ints = internals_of(r.internals, 0, x.shape[0]) if r.internals else None
+            y = np.ascontiguousarray(r.y[0])
+            s.last_offset, s.last_digest, s.last_outputs, s.last_internals = (
+                s.offset,
+                digest,
+                y,
+                ints,
+            )
+            s.state = {k: np.ascontiguousarray(v[0]) for k, v in r.states.items()}
+            s.offset += x.shape[0]
+            return StepResult(s, y, ints)
+
+    async def reset_session(self, session_id: str) -> Session:
+        """Back to offset 0 and the initial state."""
+        async with self._store_op("reset"), self.store.locked(session_id) as s:
+            engine = self.model(s.model, s.version)
+            s.state = {k: v[0] for k, v in engine.initial_state(1).items()}
+            s.offset = 0
+            s.forget_last_chunk()
+            return s
+
+    async def delete_session(self, session_id: str) -> None:
+        async with self._store_op("delete"):
+            await self.store.delete(session_id)
+
+    async def live_sessions(self) -> int:
+        async with self._store_op("count"):
+            return await self.store.count()
+
+    # -- readiness -----------------------------------------------------------------------
+
+    async def ready(self) -> tuple[bool, str]:
+        """Every accepted model loaded and the store answering."""
+        try:
+            async with self._store_op("ping"):
+                await self.store.ping()
+        except StoreUnavailable as e:
+            return False, f"session store unreachable: {e.detail}"
+        return True, f"{len(self.registry)} model versions loaded"

@@ -1,0 +1,181 @@
+"""Errors that carry their HTTP status, and the ONE place that turns any failure into a response.
+
+Every failure the service can meet (our own errors, FastAPI/pydantic validation, unknown
+routes, oversized bodies, unexpected bugs) ends here as `{"detail": "<readable>", ...}` with a
+CONTRACT section 3 status code. The WebSocket stream uses `error_payload` for the same text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("peephole.errors")
+
+
+class PeepholeError(Exception):
+    """Base of every expected failure; `status_code` is the HTTP status it maps to."""
+
+    status_code: int = 500
+    default_detail: str = "internal error"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        self.detail = detail or self.default_detail
+        self.headers = headers or {}
+        self.extra = extra
+        super().__init__(self.detail)
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail, **self.extra}
+
+
+class Unauthorized(PeepholeError):
+    status_code = 401
+    default_detail = "missing or wrong API key"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class NotFound(PeepholeError):
+    status_code = 404
+    default_detail = "not found"
+
+
+class ModelNotFound(NotFound):
+    default_detail = "unknown model or version"
+
+
+class SessionNotFound(NotFound):
+    default_detail = "unknown or expired session"
+
+
+class OffsetConflict(PeepholeError):
+    """409: the client's offset is neither the current one nor a retry of the last chunk."""
+
+    status_code = 409
+
+    def __init__(self, current: int, detail: str | None = None) -> None:
+        super().__init__(
+            detail or f"offset conflict: the session stands at offset {current}", offset=current
+        )
+
+
+class PayloadTooLarge(PeepholeError):
+    status_code = 413
+    default_detail = "request too large"
+
+
+class InvalidInput(PeepholeError):
+    status_code = 422
+    default_detail = "malformed input"
+
+
+class CapacityReached(PeepholeError):
+    status_code = 429
+
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(
+            detail or "session capacity reached; retry later",
+            headers={"Retry-After": str(max(1, int(retry_after)))},
+        )
+
+
+class NotReady(PeepholeError):
+    status_code = 503
+    default_detail = "not ready"
+
+
+class StoreUnavailable(PeepholeError):
+    status_code = 503
+    default_detail = "session store unreachable"
+
+
+class MethodNotAllowed(PeepholeError):
+    status_code = 405
+    default_detail = "method not allowed"
+
+
+def json_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+def error_payload(exc: PeepholeError) -> dict[str, Any]:
+    """The WebSocket form: the HTTP body plus `status`."""
+    return {**exc.body(), "status": exc.status_code}
+
+
+def describe_validation(errors: list[Any]) -> str:
+    """One readable line from pydantic/FastAPI error entries ("body.ttl_seconds: ...")."""
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        msg = err.get("msg", "invalid")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+def as_peephole(exc: Exception) -> PeepholeError | None:
+    """Our error for any validation failure (used by HTTP handlers and the WebSocket)."""
+    if isinstance(exc, PeepholeError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        return InvalidInput(describe_validation(list(exc.errors())))
+    if isinstance(exc, ValidationError):
+        errors = exc.errors(include_url=False, include_input=False)
+        return InvalidInput(describe_validation(list(errors)))
+    return None
+
+
+async def _peephole(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PeepholeError)
+    return json_response(exc.status_code, exc.body(), exc.headers)
+
+
+async def _validation(_: Request, exc: Exception) -> Response:
+    err = as_peephole(exc)
+    assert err is not None
+    return json_response(err.status_code, err.body(), err.headers)
+
+
+async def _http(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+    if status == 404:
+        detail = "no such route"
+    if status == 400:
+        status = 422  # malformed request (e.g. an unreadable body)
+    return json_response(status, {"detail": detail}, dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return json_response(500, {"detail": "internal error"})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the one mapping from exceptions to CONTRACT status codes and bodies."""
+    app.add_exception_handler(PeepholeError, _peephole)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(ValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)

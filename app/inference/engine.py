@@ -1,0 +1,294 @@
+"""One ONNX Runtime session per model version, and exact runs of ragged batches.
+
+The graph has no sequence-length input, so a ragged batch is run by segments (DESIGN.md):
+with distinct lengths l1 < l2 < ..., steps [0, l1) run for every sequence, then [l1, l2)
+for those still going, from their states, and so on. Each sequence's outputs and final state
+are exactly those of the sequence alone; nothing is padded through the network.
+
+`Engine.run` is synchronous and thread-safe (ONNX Runtime sessions are); `ThreadPoolRunner`
+calls it off the event loop. A dynamic batcher can later wrap the same `run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from app.inference.card import ModelCard
+from app.inference.repository import ModelVersion
+
+log = logging.getLogger("peephole.engine")
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+INTERNALS = ("cell_states", "cell_outputs", "gates")
+
+
+class EngineError(Exception):
+    """A model version cannot be served (bad graph, or the provider asked for is unusable)."""
+
+
+class ProviderUnavailable(EngineError):
+    """PEEPHOLE_PROVIDER=cuda but CUDA cannot run this model: the server must not start."""
+
+
+@dataclass
+class EngineResult:
+    """Outputs of one run; time is padded to the longest sequence (zeros past each length)."""
+
+    y: np.ndarray  # [B, T, output_size]
+    states: dict[str, np.ndarray]  # name -> [B, *shape], after each sequence's own last step
+    internals: dict[str, np.ndarray] | None = (
+        None  # cell_states/cell_outputs [B,T,cells], gates [B,T,blocks,3]
+    )
+
+
+def thread_plan(cores: int, workers: int = 0, intra: int = 0) -> tuple[int, int]:
+    """(worker threads, ONNX Runtime intra-op threads per run) for this many cores.
+
+    A peephole LSTM is sequential in time, so extra intra-op threads help only wide batches;
+    concurrency across requests pays more. Small boxes: one worker per core, one thread each.
+    """
+    if not workers:
+        workers = cores if cores <= 2 else max(2, cores // 2)
+    if not intra:
+        intra = max(1, cores // workers)
+    return workers, intra
+
+
+def _session_options(intra_op_threads: int) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = intra_op_threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads burn shared cores between requests; latency cost is small here.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return so
+
+
+def cuda_available() -> bool:
+    return CUDA in ort.get_available_providers()
+
+
+class Engine:
+    """The runnable form of one model version."""
+
+    def __init__(self, mv: ModelVersion, provider: str = "auto", intra_op_threads: int = 1) -> None:
+        self.name = mv.name
+        self.version = mv.version
+        self.card: ModelCard = mv.card
+        self.state_specs = list(mv.card.state)
+        self.input_size = mv.card.input_size
+        self.output_size = mv.card.output_size
+        self._so = _session_options(intra_op_threads)
+        self.provider, self._session = self._open_lean(mv, provider)
+        self._internals = None
+        if mv.internals_graph is not None:
+            # Internals are a debugging/plotting path: keep them on the CPU, off the hot path.
+            self._internals = self._open(mv.internals_graph, [CPU])
+            self._check_io(self._internals, internals=True)
+        log.info(
+            "model %s/%s loaded on %s (%s lowering%s)",
+            self.name,
+            self.version,
+            self.provider,
+            mv.card.onnx.lowering,
+            ", internals graph" if self._internals else "",
+        )
+
+    # -- loading -------------------------------------------------------------------------
+
+    def _open(self, path: Path, providers: list[str]) -> ort.InferenceSession:
+        try:
+            return ort.InferenceSession(str(path), sess_options=self._so, providers=providers)
+        except Exception as e:  # ORT raises several unrelated types for bad graphs
+            raise EngineError(f"ONNX Runtime cannot load {path.name}: {e}") from e
+
+    def _open_lean(self, mv: ModelVersion, choice: str) -> tuple[str, ort.InferenceSession]:
+        """The hot-path session on the provider asked for; `auto` falls back to the CPU."""
+        if choice in ("auto", "cuda"):
+            why = "CUDAExecutionProvider is not available in this ONNX Runtime build"
+            if cuda_available():
+                graph = mv.cuda_graph or mv.graph
+                try:
+                    sess = self._open(graph, [CUDA, CPU])
+                    if sess.get_providers()[0] != CUDA:
+                        raise EngineError("ONNX Runtime did not enable CUDA for this graph")
+                    self._check_io(sess)
+                    self._smoke(sess)
+                    return CUDA, sess
+                except EngineError as e:
+                    why = str(e)
+            if choice == "cuda":
+                raise ProviderUnavailable(f"model {mv.name}/{mv.version}: CUDA unusable: {why}")
+            log.info("model %s/%s: CUDA not used (%s)", mv.name, mv.version, why)
+        sess = self._open(mv.graph, [CPU])
+        self._check_io(sess)
+        self._smoke(sess)
+        return CPU, sess
+
+    def _check_io(self, sess: ort.InferenceSession, internals: bool = False) -> None:
+        """The graph must speak the card's interface (DESIGN.md), or the version is refused."""
+        ins = {i.name for i in sess.get_inputs()}
+        outs = {o.name for o in sess.get_outputs()}
+        need_in = {"x", *(s.input for s in self.state_specs)}
+        need_out = {"y", *(s.output for s in self.state_specs)}
+        if internals:
+            need_out |= set(INTERNALS)
+        if not need_in <= ins or not need_out <= outs:
+            raise EngineError(
+                f"graph interface mismatch: needs inputs {sorted(need_in)} and outputs "
+                f"{sorted(need_out)}, has {sorted(ins)} and {sorted(outs)}"
+            )
+        if ins - need_in:
+            raise EngineError(
+                f"graph has inputs the card does not describe: {sorted(ins - need_in)}"
+            )
+
+    def _smoke(self, sess: ort.InferenceSession) -> None:
+        """Run two steps once: proves the provider can execute the graph and warms it up."""
+        x = np.zeros((1, 2, self.input_size), np.float32)
+        try:
+            out = self._call(sess, x, self.initial_state(1), ["y"])
+        except Exception as e:
+            raise EngineError(f"test run failed: {e}") from e
+        if out[0].shape != (1, 2, self.output_size):
+            raise EngineError(f"y has shape {out[0].shape}, expected (1, 2, {self.output_size})")
+
+    # -- running -------------------------------------------------------------------------
+
+    @property
+    def has_internals(self) -> bool:
+        return self._internals is not None
+
+    def initial_state(self, batch: int) -> dict[str, np.ndarray]:
+        return {s.name: np.zeros((batch, *s.shape), np.float32) for s in self.state_specs}
+
+    def _call(
+        self,
+        sess: ort.InferenceSession,
+        x: np.ndarray,
+        states: dict[str, np.ndarray],
+        extra_outputs: list[str],
+    ) -> list[np.ndarray]:
+        feeds = {"x": np.ascontiguousarray(x, np.float32)}
+        for s in self.state_specs:
+            feeds[s.input] = np.ascontiguousarray(states[s.name], np.float32)
+        names = ["y", *(s.output for s in self.state_specs), *extra_outputs]
+        return sess.run(names, feeds)
+
+    def run(
+        self,
+        x: np.ndarray,
+        states: dict[str, np.ndarray] | None = None,
+        lengths: np.ndarray | None = None,
+        internals: bool = False,
+    ) -> EngineResult:
+        """Run `x` [B, T, input_size] from `states` (zeros if None); `lengths` [B] for ragged."""
+        B, T, _ = x.shape
+        states = states if states is not None else self.initial_state(B)
+        sess = self._session
+        extra: list[str] = []
+        if internals:
+            if self._internals is None:
+                raise EngineError("this model has no internals graph")
+            sess, extra = self._internals, list(INTERNALS)
+        n_state = len(self.state_specs)
+        if lengths is None or bool(np.all(lengths == T)):
+            out = self._call(sess, x, states, extra)
+            new = {s.name: out[1 + i] for i, s in enumerate(self.state_specs)}
+            ints = dict(zip(INTERNALS, out[1 + n_state :], strict=True)) if internals else None
+            return EngineResult(out[0], new, ints)
+        return self._run_segments(sess, x, states, lengths, extra)
+
+    def _run_segments(
+        self,
+        sess: ort.InferenceSession,
+        x: np.ndarray,
+        states: dict[str, np.ndarray],
+        lengths: np.ndarray,
+        extra: list[str],
+    ) -> EngineResult:
+        B, T, _ = x.shape
+        n_state = len(self.state_specs)
+        y = np.zeros((B, T, self.output_size), np.float32)
+        cur = {k: np.array(v, np.float32, copy=True) for k, v in states.items()}
+        ints: dict[str, np.ndarray] | None = None
+        start = 0
+        for end in np.unique(lengths):
+            end = int(end)
+            active = np.nonzero(lengths >= end)[0]  # still running through [start, end)
+            everyone = len(active) == B
+            xs = x[:, start:end] if everyone else x[active, start:end]
+            st = cur if everyone else {k: v[active] for k, v in cur.items()}
+            out = self._call(sess, xs, st, extra)
+            y[active, start:end] = out[0]
+            for i, s in enumerate(self.state_specs):
+                cur[s.name][active] = out[1 + i]
+            for name, arr in zip(extra, out[1 + n_state :], strict=True):
+                if ints is None:
+                    ints = {}
+                if name not in ints:
+                    ints[name] = np.zeros((B, T, *arr.shape[2:]), np.float32)
+                ints[name][active, start:end] = arr
+            start = end
+        return EngineResult(y, cur, ints)
+
+
+class Runner(Protocol):
+    """Runs an engine off the event loop. A dynamic batcher implements the same call."""
+
+    async def __call__(
+        self,
+        engine: Engine,
+        x: np.ndarray,
+        states: dict[str, np.ndarray] | None,
+        lengths: np.ndarray | None,
+        internals: bool = False,
+    ) -> EngineResult: ...
+
+
+Observer = Callable[[Engine, int, float], None]  # (engine, batch size, seconds)
+
+
+class ThreadPoolRunner:
+    """Runs `Engine.run` in a thread pool; reports batch size and inference time."""
+
+    def __init__(self, workers: int, observe: Observer | None = None) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="peephole-infer")
+        self._observe = observe
+
+    def _timed(self, engine: Engine, *args: object) -> EngineResult:
+        t0 = time.perf_counter()
+        result = engine.run(*args)  # type: ignore[arg-type]
+        if self._observe is not None:
+            self._observe(engine, int(args[0].shape[0]), time.perf_counter() - t0)  # type: ignore[union-attr]
+        return result
+
+    async def __call__(
+        self,
+        engine: Engine,
+        x: np.ndarray,
+        states: dict[str, np.ndarray] | None,
+        lengths: np.ndarray | None,
+        internals: bool = False,
+    ) -> EngineResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, partial(self._timed, engine, x, states, lengths, internals)
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=False)

@@ -1,0 +1,90 @@
+"""`create_app(settings)`: the FastAPI application. Heavy objects are built in the lifespan.
+
+Middleware order (outermost first): metrics (sees every answer, 401 and 413 included),
+auth (before any body is read), body limit, then the routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.main import api_router
+from app.auth import AuthMiddleware
+from app.bodylimit import BodyLimitMiddleware
+from app.codec import NumpyJSONResponse
+from app.config import Settings
+from app.dataplane import DataPlane
+from app.errors import install_error_handlers
+from app.inference.engine import ThreadPoolRunner, thread_plan
+from app.inference.registry import ModelRegistry
+from app.inference.repository import scan_repository
+from app.metrics import Metrics, MetricsMiddleware
+from app.sessions import SessionStore, make_store
+
+log = logging.getLogger("peephole")
+
+DESCRIPTION = """Serve peephole LSTM networks with ONNX Runtime: whole-sequence predictions
+and stateful streaming sessions. Errors are `{"detail": ...}`; see CONTRACT section 3."""
+
+
+def build_registry(settings: Settings, intra_op_threads: int) -> ModelRegistry:
+    scan = scan_repository(settings.model_repository)
+    registry = ModelRegistry.build(scan, settings.provider, intra_op_threads)
+    log.info(
+        "serving %d model versions from %s (%d refused)",
+        len(registry),
+        settings.model_repository,
+        len(registry.refused),
+    )
+    if not len(registry):
+        log.warning("no model is served: check PEEPHOLE_MODEL_REPOSITORY")
+    return registry
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    registry: ModelRegistry | None = None,
+    store: SessionStore | None = None,
+) -> FastAPI:
+    """The app; `registry` and `store` may be given (tests, embedding), else built from settings."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    workers, intra = thread_plan(
+        settings.cores, settings.inference_threads, settings.intra_op_threads
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reg = registry or await asyncio.to_thread(build_registry, settings, intra)
+        st = store or make_store(settings)
+        await st.start()
+        runner = ThreadPoolRunner(workers, metrics.observe_inference)
+        app.state.dataplane = DataPlane(reg, st, runner, settings, metrics)
+        log.info("ready: %d inference threads x %d ONNX Runtime threads", workers, intra)
+        try:
+            yield
+        finally:
+            await st.close()
+            runner.close()
+
+    app = FastAPI(
+        title="Peephole",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=NumpyJSONResponse,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    app.include_router(api_router)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthMiddleware, keys=settings.api_keys)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,106 @@
+"""The session record and the store protocol every implementation (memory, redis) follows.
+
+A store owns expiry (sliding TTL: every use pushes `expires_at` by the session's TTL),
+capacity (429 past PEEPHOLE_MAX_SESSIONS) and per-session serialisation: `locked(id)` is the
+only way to change a session, and two `locked` blocks on one session never overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+def now() -> float:
+    """Wall-clock seconds: expiry must mean the same across replicas sharing a store."""
+    return time.time()
+
+
+def iso(ts: float) -> str:
+    """ISO 8601 UTC with milliseconds and a Z, e.g. 2024-05-01T12:00:00.000Z."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+def inputs_digest(x: np.ndarray) -> str:
+    """Identity of a chunk's inputs, to recognise a retry (shape and exact float32 bytes)."""
+    x = np.ascontiguousarray(x, np.float32)
+    h = hashlib.sha256(repr(x.shape).encode())
+    h.update(x.tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Session:
+    """One streaming session, pinned to a model version. `state` has no batch dimension."""
+
+    session_id: str
+    model: str
+    version: int
+    ttl_seconds: int
+    state: dict[str, np.ndarray]
+    offset: int = 0
+    created_at: float = field(default_factory=now)
+    expires_at: float = 0.0
+    # The last applied chunk, kept so that a retry of it is answered without applying it again.
+    last_offset: int | None = None
+    last_digest: str | None = None
+    last_outputs: np.ndarray | None = None  # [T, output_size]
+    last_internals: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.expires_at:
+            self.expires_at = self.created_at + self.ttl_seconds
+
+    def touch(self, at: float | None = None) -> None:
+        self.expires_at = (at if at is not None else now()) + self.ttl_seconds
+
+    def expired(self, at: float | None = None) -> bool:
+        return (at if at is not None else now()) >= self.expires_at
+
+    def forget_last_chunk(self) -> None:
+        self.last_offset = self.last_digest = self.last_outputs = self.last_internals = None
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    """What the data plane needs from a session store.
+
+    Errors: `SessionNotFound` (unknown or expired), `CapacityReached` (create past the limit),
+    `StoreUnavailable` (backend unreachable) — all from app.errors.
+    """
+
+    async def start(self) -> None:
+        """Begin background work (expiry sweeps, connections)."""
+
+    async def close(self) -> None:
+        """Stop background work and release connections."""
+
+    async def ping(self) -> None:
+        """Return when the store answers; raise StoreUnavailable otherwise."""
+
+    async def count(self) -> int:
+        """Live sessions."""
+
+    async def create(self, session: Session) -> Session:
+        """Store a new session (its TTL starts now); CapacityReached past the limit."""
+
+    async def get(self, session_id: str) -> Session:
+        """A snapshot of the session, its life extended by its TTL; SessionNotFound if gone."""
+
+    def locked(self, session_id: str) -> AbstractAsyncContextManager[Session]:
+        """Exclusive access: yields a working copy; written back (and its TTL extended) when
+        the block exits normally, discarded when it raises. SessionNotFound if gone."""
+
+    async def delete(self, session_id: str) -> None:
+        """Remove the session; SessionNotFound if gone."""
