@@ -1,0 +1,84 @@
+"""The adding problem (Hochreiter & Schmidhuber 1997, experiment 4, Table 7), T = 100.
+
+Each step is a pair (value, marker): values uniform in [-1, 1]; two steps are marked with
+marker 1.0: the first at a position uniform in 1..9 (among the first ten, position 0
+excluded), the second uniform in 1..T/2-1 (distinct from the first); the first and last
+steps carry marker -1 (the 1997 set-up's delimiters); all other markers are 0. A sequence has
+a length uniform in T..1.1T. The target, at the last step only, is 0.5 + (X1 + X2) / 4, where
+X1, X2 are the two marked values. Correct: |error| < 0.04 (1997: solved when at most 1 of
+2,560 test sequences is wrong).
+
+Sequences of different lengths are padded at the end; the mask marks each one's last step,
+and the network runs forward in time, so padding after it changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import Split, Task, TaskData, TrainDefaults, masked_mse
+
+TOLERANCE = 0.04
+
+
+def adding_sequences(n: int, t_min: int, rng: np.random.Generator) -> tuple[Split, np.ndarray]:
+    """n sequences; also returns their lengths."""
+    t_max = t_min + t_min // 10
+    lengths = rng.integers(t_min, t_max + 1, size=n)
+    x = np.zeros((n, t_max, 2))
+    y = np.zeros((n, t_max, 1))
+    mask = np.zeros((n, t_max))
+    for i, length in enumerate(lengths):
+        x[i, :length, 0] = rng.uniform(-1.0, 1.0, size=length)
+        first = int(rng.integers(1, 10))
+        second = first
+        while second == first:
+            second = int(rng.integers(1, t_min // 2))
+        x[i, 0, 1] = x[i, length - 1, 1] = -1.0
+        x[i, [first, second], 1] = 1.0
+        y[i, length - 1, 0] = 0.5 + (x[i, first, 0] + x[i, second, 0]) / 4.0
+        mask[i, length - 1] = 1.0
+    return Split(x, y, mask), lengths
+
+
+class Adding(Task):
+    name = "adding"
+    description = ("adding problem, T = 100: remember two marked values over ~100 steps, output "
+                   "0.5 + (X1 + X2)/4 at the end; correct when |error| < 0.04")
+    loss = "mse"
+    architecture = {
+        "blocks": 2, "cells_per_block": 2, "g": "logistic2", "h": "logistic2",
+        "output_activation": "logistic", "forget_bias": 2.0,
+    }
+    defaults = TrainDefaults(epochs=60, batch_size=64, lr=1e-2, clip=1.0, patience=10,
+                             schedule="plateau", quick_epochs=1)
+    monitor = "loss"
+    t_min = 100
+
+    def generate(self, seed: int, quick: bool = False, **options: Any) -> TaskData:
+        rng = np.random.default_rng(seed)
+        t_min = 20 if quick else self.t_min
+        sizes = {"train": 256, "val": 64, "test": 64} if quick else {
+            "train": 10000, "val": 1000, "test": 2560}
+        splits = {k: adding_sequences(n, t_min, rng)[0] for k, n in sizes.items()}
+        return TaskData(
+            **splits,
+            data={"generator": "adding", "T": t_min, "length": [t_min, t_min + t_min // 10],
+                  "first_marker": [1, 9], "second_marker": [1, t_min // 2 - 1],
+                  "delimiters": -1.0, "sequences": sizes, "seed": seed},
+            input_names=["value", "marker"],
+            output_names=["sum"],
+            encoding={"target": "0.5 + (X1 + X2) / 4 at the last step"},
+        )
+
+    def evaluate(self, pred: np.ndarray, split: Split, data: TaskData) -> dict[str, Any]:
+        m = split.mask.astype(bool)
+        err = np.abs(pred[..., 0][m] - split.y[..., 0][m])
+        return {"mse": masked_mse(pred, split.y, split.mask),
+                "accuracy": float((err < TOLERANCE).mean()),
+                "wrong": int((err >= TOLERANCE).sum())}
+
+    def solved(self, metrics: dict[str, Any]) -> bool:
+        return metrics.get("wrong", 1 << 30) <= 1

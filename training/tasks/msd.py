@@ -1,0 +1,93 @@
+"""Measuring spike delays (MSD; Gers, Schraudolph & Schmidhuber 2002).
+
+The input is a spike train: 1 at the spike steps, 0 elsewhere, with spikes at
+T(n) = T(n-1) + F + I(n), F = 10, I(n) uniform in {0, 1}. At each spike n >= 1 the target is
+I(n): was the last interval F or F + 1 steps? The output only counts at the spikes (mask).
+The train runs on as one continuous stream (no resets), so the network has to time every
+interval from the previous spike on its own. Solved (Gers 2002) when the error is < 0.49 on
+1,000 consecutive test spikes. The first spike is at a step uniform in 0..F-1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import Split, Task, TaskData, TrainDefaults, longest_run, masked_mse
+
+F = 10
+ERROR_LIMIT = 0.49
+RUN_SPIKES = 1000
+
+
+def spike_train(steps: int, rng: np.random.Generator, f: int = F,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs [steps, 1], targets [steps, 1], mask [steps], spike times."""
+    times = [int(rng.integers(0, f))]
+    while True:
+        nxt = times[-1] + f + int(rng.integers(0, 2))
+        if nxt >= steps:
+            break
+        times.append(nxt)
+    t = np.asarray(times)
+    x = np.zeros((steps, 1))
+    y = np.zeros((steps, 1))
+    mask = np.zeros(steps)
+    x[t, 0] = 1.0
+    y[t[1:], 0] = np.diff(t) - f
+    mask[t[1:]] = 1.0
+    return x, y, mask, t
+
+
+def _streams(n: int, steps: int, rng: np.random.Generator) -> Split:
+    xs, ys, ms, _ = zip(*(spike_train(steps, rng) for _ in range(n)), strict=True)
+    return Split(np.stack(xs), np.stack(ys), np.stack(ms))
+
+
+class MeasuringSpikeDelays(Task):
+    name = "msd"
+    description = ("measuring spike delays (Gers 2002): spikes every F + I(n) steps, F = 10; "
+                   "output I(n) at each spike; 1,000 consecutive test spikes right")
+    loss = "bce"
+    architecture = {
+        "blocks": 1, "cells_per_block": 1, "g": "logistic2", "h": "identity",
+        "output_activation": "logistic", "forget_bias": 1.0,
+    }
+    defaults = TrainDefaults(epochs=80, batch_size=16, lr=1e-2, clip=1.0, patience=20,
+                             schedule="plateau", stateful=True, chunk_len=105, quick_epochs=2)
+    monitor = "spike_accuracy"
+    monitor_mode = "max"
+
+    def generate(self, seed: int, quick: bool = False, **options: Any) -> TaskData:
+        rng = np.random.default_rng(seed)
+        n_streams, train_steps, val_steps, test_steps = (
+            (4, 420, 600, 1200) if quick else (16, 2100, 6300, 12600))
+        return TaskData(
+            train=_streams(n_streams, train_steps, rng),
+            val=_streams(1, val_steps, rng),
+            test=_streams(1, test_steps, rng),
+            data={"generator": "msd", "F": F, "I": [0, 1], "first_spike": [0, F - 1],
+                  "streams": {"train": [n_streams, train_steps], "val": [1, val_steps],
+                              "test": [1, test_steps]}, "seed": seed},
+            input_names=["spike"],
+            output_names=["delay_bit"],
+            encoding={"target": "I(n) = T(n) - T(n-1) - F at each spike"},
+        )
+
+    def evaluate(self, pred: np.ndarray, split: Split, data: TaskData) -> dict[str, Any]:
+        m = split.mask.astype(bool)
+        ok = [np.abs(p[mm, 0] - t[mm, 0]) < ERROR_LIMIT
+              for p, t, mm in zip(pred, split.y, m, strict=True)]
+        return {"mse": masked_mse(pred, split.y, split.mask),
+                "spike_accuracy": float(np.concatenate(ok).mean()),
+                "spikes": int(m.sum()),
+                "longest_ok_spike_run": int(min(longest_run(o)[0] for o in ok))}
+
+    def solved(self, metrics: dict[str, Any]) -> bool:
+        return metrics.get("longest_ok_spike_run", 0) >= RUN_SPIKES
+
+    online_run = RUN_SPIKES
+
+    def step_ok(self, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return np.abs(pred[..., 0] - target[..., 0]) < ERROR_LIMIT
