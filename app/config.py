@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(default=0, ge=0)  # ONNX Runtime threads per run; 0 = auto
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     session_sweep_seconds: float = Field(default=5.0, gt=0)
+    redis_prefix: str = "peephole:"  # key prefix, so several deployments can share a Redis
+    redis_timeout_seconds: float = Field(default=2.0, gt=0)  # connect/read: a dead Redis is a 503
+    redis_max_connections: int = Field(default=64, ge=1)
+    store_conflict_retries: int = Field(default=100, ge=1)  # optimistic retries of one change
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
 
     @field_validator("api_keys", mode="before")

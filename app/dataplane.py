@@ -7,19 +7,29 @@ and hands inference to the runner (thread pool now, a batcher later). No HTTP he
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from app.config import Settings
-from app.errors import InvalidInput, OffsetConflict, PayloadTooLarge, StoreUnavailable
+from app.errors import (
+    InvalidInput,
+    OffsetConflict,
+    PayloadTooLarge,
+    StoreConflict,
+    StoreUnavailable,
+)
 from app.inference.engine import Engine, EngineResult, Runner
 from app.inference.registry import ModelRegistry
 from app.metrics import Metrics
 from app.sessions.base import Session, SessionStore, inputs_digest, new_session_id, now
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -157,6 +167,23 @@ class DataPlane:
                 self.metrics.store_errors.labels(operation=op).inc()
             raise
 
+    async def _change(
+        self, session_id: str, op: str, apply: Callable[[Session], Awaitable[T]]
+    ) -> T:
+        """Run `apply` on the session under the store's lock and write the result back.
+
+        A store shared by replicas writes optimistically (compare-and-set on a revision): when
+        another replica wrote in between, the write raises StoreConflict and `apply` runs again
+        on the fresh session, so every change lands exactly once, in one serial order.
+        """
+        for attempt in range(self.settings.store_conflict_retries):
+            try:
+                async with self._store_op(op), self.store.locked(session_id) as s:
+                    return await apply(s)
+            except StoreConflict:
+                await asyncio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))
+        raise StoreConflict(f"session {session_id!r} is changed too often concurrently; retry")
+
     async def create_session(
         self,
         name: str,
@@ -210,7 +237,8 @@ class DataPlane:
                 f"{x.shape[0]} time steps; the limit is {self.settings.max_steps}"
             )
         digest = inputs_digest(x)
-        async with self._store_op("step"), self.store.locked(session_id) as s:
+
+        async def apply(s: Session) -> StepResult:
             engine = self.model(s.model, s.version)
             self._check_internals(engine, internals)
             if offset is not None and offset != s.offset:
@@ -241,14 +269,19 @@ class DataPlane:
             s.offset += x.shape[0]
             return StepResult(s, y, ints)
 
+        return await self._change(session_id, "step", apply)
+
     async def reset_session(self, session_id: str) -> Session:
         """Back to offset 0 and the initial state."""
-        async with self._store_op("reset"), self.store.locked(session_id) as s:
+
+        async def apply(s: Session) -> Session:
             engine = self.model(s.model, s.version)
             s.state = {k: v[0] for k, v in engine.initial_state(1).items()}
             s.offset = 0
             s.forget_last_chunk()
             return s
+
+        return await self._change(session_id, "reset", apply)
 
     async def delete_session(self, session_id: str) -> None:
         async with self._store_op("delete"):

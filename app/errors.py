@@ -104,6 +104,13 @@ class StoreUnavailable(PeepholeError):
     default_detail = "session store unreachable"
 
 
+class StoreConflict(PeepholeError):
+    """Another replica changed the session between our read and our write; run again."""
+
+    status_code = 503
+    default_detail = "the session changed concurrently; retry"
+
+
 class MethodNotAllowed(PeepholeError):
     status_code = 405
     default_detail = "method not allowed"
