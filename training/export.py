@@ -64,11 +64,17 @@ class ExportMismatch(Exception):
 
 # ------------------------------------------------------------------ graphs
 def build_graphs(
-    model: PeepholeLSTM, normalization: Normalization | None = None, internals: bool = True
+    model: PeepholeLSTM,
+    normalization: Normalization | dict | None = None,
+    internals: bool = True,
 ) -> dict[str, onnx.ModelProto]:
-    """{"model", "internals" (if asked), "cuda" (plain topology only)} for this module."""
+    """{"model", "internals" (if asked), "cuda" (plain topology only)} for this module.
+
+    Builds only; `verify` (or `export_model`, which calls it) checks them against PyTorch.
+    """
+    normalization = _as_normalization(normalization)
     _check_normalization(model, normalization)
-    model = model.cpu()
+    model = _detached_copy(model)
     plain = model.config.plain
     graphs = {
         "model": lstm_graph(model, normalization) if plain else scan_graph(model, normalization)
@@ -78,6 +84,15 @@ def build_graphs(
     if plain:
         graphs["cuda"] = scan_graph(model, normalization)
     return graphs
+
+
+def _as_normalization(norm: Normalization | dict | None) -> Normalization | None:
+    return Normalization(**norm) if isinstance(norm, dict) else norm
+
+
+def _detached_copy(model: PeepholeLSTM) -> PeepholeLSTM:
+    """A CPU, eval-mode copy, so that exporting never moves or re-modes the caller's module."""
+    return copy.deepcopy(model).cpu().eval()
 
 
 def _check_normalization(model: PeepholeLSTM, norm: Normalization | None) -> None:
@@ -156,7 +171,8 @@ def verify(
     tolerance: float = 1e-5,
 ) -> dict[str, dict[str, float]]:
     """Max error per graph and output over all cases; raises ExportMismatch above tolerance."""
-    reference = copy.deepcopy(model).cpu().double().eval()
+    normalization = _as_normalization(normalization)
+    reference = _detached_copy(model).double()
     sessions = {k: _session(g) for k, g in graphs.items()}
     worst: dict[str, dict[str, float]] = {k: {} for k in graphs}
     failures = []
@@ -179,6 +195,7 @@ def verify(
 def _session(graph: onnx.ModelProto) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1  # tiny per-step work: extra threads only wait on each other
     return ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
@@ -208,10 +225,9 @@ def export_model(
     """Build, verify against PyTorch, then write the version directory; returns it."""
     if not re.match(NAME_PATTERN, name):
         raise ValueError(f"invalid model name {name!r}")
-    if isinstance(normalization, dict):
-        normalization = Normalization(**normalization)
+    normalization = _as_normalization(normalization)
     repo = Path(repo)
-    model = model.cpu().eval()
+    model = _detached_copy(model)
     graphs = build_graphs(model, normalization, internals=internals)
     errors = verify(model, graphs, normalization, tolerance)
     blobs = {kind: g.SerializeToString() for kind, g in graphs.items()}
