@@ -85,10 +85,10 @@ def squash(name: str, x: Tensor) -> Tensor:
     """The cell input/output squashing functions g and h of MODEL.md."""
     if name == "tanh":
         return torch.tanh(x)
-    if name == "logistic2":  # 2*sigmoid(x) - 1 == tanh(x/2)
-        return 2.0 * torch.sigmoid(x) - 1.0
-    if name == "logistic4":  # 4*sigmoid(x) - 2
-        return 4.0 * torch.sigmoid(x) - 2.0
+    if name == "logistic2":  # 2*sigmoid(x) - 1, computed as tanh(x/2) (fewer ops, same value)
+        return torch.tanh(0.5 * x)
+    if name == "logistic4":  # 4*sigmoid(x) - 2 == 2*tanh(x/2)
+        return 2.0 * torch.tanh(0.5 * x)
     if name == "identity":
         return x
     raise ValueError(f"unknown squashing function {name!r}")
@@ -195,40 +195,16 @@ class PeepholeLSTM(nn.Module):
         bsz, steps, _ = x.shape
         if steps < 1:
             raise ValueError("x needs at least one time step")
-        b, s = c.blocks, c.cells_per_block
         if state is None:
             state = self.initial_state(bsz)
-        w_step, p_out = self._step_weights()
-        # Hoisted out of the loop: bias + input contribution for every step.
-        proj = torch.nn.functional.linear(x, self.w_input, self.bias)  # [B, T, units]
-        cs, ys = state["cell_states"], state["cell_outputs"]
-        gates = state.get("gates")
-        g_flat = gates.reshape(bsz, 3 * b) if c.gate_to_gate else None
+        # Hoisted out of the loop: bias + input contribution for every step, time-major, and
+        # unbound once (indexing proj[:, t] per step would make backward allocate a full
+        # [B, T, units] gradient per step).
+        proj = torch.nn.functional.linear(x.transpose(0, 1), self.w_input, self.bias)
         need_gates = return_internals or c.gate_to_output or c.gate_to_gate
-        cell_states, cell_outputs, gate_seq = [], [], []
-        for t in range(steps):
-            rec = [ys, g_flat, cs] if c.gate_to_gate else [ys, cs]
-            z = torch.addmm(proj[:, t], torch.cat(rec, dim=1), w_step)
-            y_in = torch.sigmoid(z[:, 0:b])
-            y_fg = torch.sigmoid(z[:, b : 2 * b]) if c.forget_gate else None
-            gc = squash(c.g, z[:, 3 * b :]).view(bsz, b, s)
-            s_prev = cs.view(bsz, b, s)
-            s_new = y_in[:, :, None] * gc
-            s_new = s_new + (s_prev if y_fg is None else y_fg[:, :, None] * s_prev)
-            net_out = z[:, 2 * b : 3 * b] + (s_new * p_out).sum(dim=2)
-            y_out = torch.sigmoid(net_out)
-            y_new = y_out[:, :, None] * squash(c.h, s_new)
-            cs, ys = s_new.reshape(bsz, c.cells), y_new.reshape(bsz, c.cells)
-            cell_states.append(cs)
-            cell_outputs.append(ys)
-            if need_gates:
-                fg = torch.ones_like(y_in) if y_fg is None else y_fg
-                g3 = torch.stack([y_in, fg, y_out], dim=2)  # [B, blocks, 3]
-                gate_seq.append(g3)
-                g_flat = g3.reshape(bsz, 3 * b)
-        new_state: State = {"cell_states": cs, "cell_outputs": ys}
-        if c.gate_to_gate:
-            new_state["gates"] = g_flat.reshape(bsz, b, 3)
+        cell_states, cell_outputs, gate_seq, new_state = self._recur(
+            proj.unbind(0), state, need_gates
+        )
         y_all = torch.stack(cell_outputs, dim=1)
         g_all = torch.stack(gate_seq, dim=1) if gate_seq else None
         logits = self.output_preactivation(x, y_all, g_all)
@@ -241,6 +217,40 @@ class PeepholeLSTM(nn.Module):
             "gates": g_all,
         }
         return out, new_state, internals
+
+    def _recur(
+        self, projections: tuple[Tensor, ...], state: State, need_gates: bool
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor], State]:
+        """The time loop: per-step cell states, cell outputs, gates, and the final state."""
+        c = self.config
+        b, s, cells = c.blocks, c.cells_per_block, c.cells
+        w_step, p_out = self._step_weights()
+        cs, ys = state["cell_states"], state["cell_outputs"]
+        bsz = cs.shape[0]
+        g_flat = state["gates"].reshape(bsz, 3 * b) if c.gate_to_gate else None
+        cell_states, cell_outputs, gate_seq = [], [], []
+        for proj_t in projections:
+            rec = [ys, g_flat, cs] if c.gate_to_gate else [ys, cs]
+            z = torch.addmm(proj_t, torch.cat(rec, dim=1), w_step)
+            z_if, z_out, z_cell = z.split([2 * b, b, cells], dim=1)
+            y_in, y_fg = torch.sigmoid(z_if)[:, :, None].split(b, dim=1)  # [B, blocks, 1]
+            s_prev = cs.reshape(bsz, b, s)
+            gc = squash(c.g, z_cell).view(bsz, b, s)
+            s_new = y_in * gc + (y_fg * s_prev if c.forget_gate else s_prev)
+            y_out = torch.sigmoid(z_out + (s_new * p_out).sum(dim=2))
+            y_new = y_out[:, :, None] * squash(c.h, s_new)
+            cs, ys = s_new.reshape(bsz, cells), y_new.reshape(bsz, cells)
+            cell_states.append(cs)
+            cell_outputs.append(ys)
+            if need_gates:
+                fg = y_fg if c.forget_gate else torch.ones_like(y_fg)
+                g3 = torch.cat([y_in, fg, y_out[:, :, None]], dim=2)  # [B, blocks, 3]
+                gate_seq.append(g3)
+                g_flat = g3.reshape(bsz, 3 * b)
+        final: State = {"cell_states": cs, "cell_outputs": ys}
+        if c.gate_to_gate:
+            final["gates"] = g_flat.reshape(bsz, b, 3)
+        return cell_states, cell_outputs, gate_seq, final
 
     def output_preactivation(self, x: Tensor, y: Tensor, gates: Tensor | None) -> Tensor:
         """The output layer before f_out, for all steps at once: [B, T, output_size]."""
