@@ -300,7 +300,8 @@ def _scan_body(w: Weights, with_gates: bool, internals: bool) -> onnx.GraphProto
         a_if_cells = a_if
     y_in, y_fg = g.op("Split", [a_if_cells, g.ints("split2", [cells, cells])], "a", 2, axis=1)
     gc = _squash(g, c.g, z_c)
-    s_new = g.op("Add", [g.op("Mul", [y_fg, "s_prev"]), g.op("Mul", [y_in, gc])], "s_new")
+    kept = g.op("Mul", [y_fg, "s_prev"]) if c.forget_gate else "s_prev"
+    s_new = g.named("Add", [kept, g.op("Mul", [y_in, gc])], "s_next")
     net_o = z_o
     if c.peepholes:
         peep_o = g.op("MatMul", [s_new, g.const("peep_out", _block_diag(w.peep_out))])
@@ -310,14 +311,12 @@ def _scan_body(w: Weights, with_gates: bool, internals: bool) -> onnx.GraphProto
     if s_per > 1:
         expand = np.kron(np.eye(b, dtype=np.float32), np.ones((1, s_per), np.float32))
         a_o_cells = g.op("MatMul", [a_o, g.const("expand", expand)])
-    y_new = g.op("Mul", [a_o_cells, _squash(g, c.h, s_new)], "y_new")
-    # Graph outputs: new state, then the scan (per-step) outputs.
-    outs = [g.named("Identity", [s_new], "s_next"), g.named("Identity", [y_new], "y_next")]
+    y_new = g.named("Mul", [a_o_cells, _squash(g, c.h, s_new)], "y_next")
+    # Graph outputs: new state, then the scan (per-step) outputs (distinct names: Identity).
     out_vi = [vi("s_next", F32, ["batch", cells]), vi("y_next", F32, ["batch", cells])]
     if with_gates:  # gate-major: all input gates, all forget gates, all output gates
-        gates = g.op("Concat", [a_if, a_o], "gates", axis=1)
+        gates = g.named("Concat", [a_if, a_o], "g_next", axis=1)
     if c.gate_to_gate:
-        outs.append(g.named("Identity", [gates], "g_next"))
         out_vi.append(vi("g_next", F32, ["batch", 3 * b]))
     scan_outs = [("y_seq", y_new, cells)]
     if internals:
