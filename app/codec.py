@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from starlette.responses import Response
+from starlette.responses import JSONResponse
 
 from app.errors import InvalidInput, PayloadTooLarge
 from app.inference.card import StateTensor
@@ -161,7 +161,7 @@ def contiguous(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-class NumpyJSONResponse(Response):
+class NumpyJSONResponse(JSONResponse):
     """JSON via orjson, numpy arrays included (float32 printed at float32 precision)."""
 
     media_type = "application/json"

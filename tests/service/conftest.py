@@ -102,9 +102,9 @@ def free_port() -> int:
 class LiveServer:
     """uvicorn serving create_app(settings) in a thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **collaborators: Any) -> None:
         self.settings = settings
-        self.app = create_app(settings)
+        self.app = create_app(settings, **collaborators)
         port = free_port()
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=port, log_level="warning",
