@@ -43,7 +43,7 @@ DEFAULT_DIRS = ["models/mackey-glass/1", "models/trace-conditioning/1"]
 RANDOM_ARCHS = {
     "mackey-glass (random)": Architecture(
         input_size=1, output_size=1, blocks=16, g="tanh", h="tanh",
-        output_activation="linear", input_to_output=True,
+        output_activation="linear", input_to_output=True, forget_bias=1.0,
     ),
     "trace-conditioning (random)": Architecture(
         input_size=2, output_size=1, blocks=2, cells_per_block=2
