@@ -112,7 +112,7 @@ class MemorySessionStore:
         async with lock:
             current = self._live(session_id)  # it may have gone while we waited
             current.touch()
-            work = replace(current)
+            work = replace(current, state=dict(current.state))
             yield work
             if self._sessions.get(session_id) is not current:
                 raise SessionNotFound(f"session {session_id!r} was deleted meanwhile")

@@ -22,6 +22,7 @@ import torch
 import uvicorn
 
 from app.config import Settings
+from app.inference.card import sha256_file
 from app.main import create_app
 from training.export import export_model
 from training.model import PeepholeConfig, PeepholeLSTM
@@ -63,7 +64,8 @@ def _copy_version(repo: Path, name: str, src: int, dst_name: str, dst: int) -> P
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> RepoModels:
-    """plain (versions 1 without and 2 with an internals graph), lnsc, and three broken models the server must refuse."""
+    """plain (versions 1 without and 2 with an internals graph), lnsc, and four broken
+    versions the server must refuse (bad sha256, invalid card, garbage graph, unreadable card)."""
     repo = tmp_path_factory.mktemp("models")
     plain_cfg = PeepholeConfig(
         input_size=2, output_size=1, blocks=3, output_activation="linear", forget_bias=1.0
@@ -87,6 +89,11 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> RepoModels:
     bad = _copy_version(repo, PLAIN, 1, "bad-card", 1)
     card = json.loads((bad / "model.json").read_text())
     del card["input_size"]
+    (bad / "model.json").write_text(json.dumps(card))
+    bad = _copy_version(repo, PLAIN, 1, "bad-graph", 1)  # sha256 right, graph garbage
+    (bad / "model.onnx").write_bytes(b"not an onnx graph")
+    card = json.loads((bad / "model.json").read_text())
+    card["onnx"]["sha256"] = sha256_file(bad / "model.onnx")
     (bad / "model.json").write_text(json.dumps(card))
     _copy_version(repo, PLAIN, 1, PLAIN, 3)  # a third plain version whose card...
     (repo / PLAIN / "3" / "model.json").write_text("{not json")  # ...is unreadable

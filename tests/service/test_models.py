@@ -12,7 +12,7 @@ def test_list_models(client: httpx.Client) -> None:
     r = client.get("/v1/models")
     assert r.status_code == 200
     models = {m["name"]: m for m in r.json()["models"]}
-    # bad-sha, bad-card and plain/3 (unreadable card) are refused; the rest is served.
+    # bad-sha, bad-card, bad-graph and plain/3 (unreadable card) are refused; the rest served.
     assert set(models) == {PLAIN, LNSC}
     assert models[PLAIN] == {"name": PLAIN, "versions": [1, 2], "default_version": 2}
     assert models[LNSC]["versions"] == [1]
@@ -36,6 +36,7 @@ def test_model_card_default_and_version(client: httpx.Client) -> None:
         "/v1/models/nope",
         "/v1/models/bad-sha",
         "/v1/models/bad-card",
+        "/v1/models/bad-graph",
         f"/v1/models/{PLAIN}/versions/3",
         f"/v1/models/{PLAIN}/versions/0",
         f"/v1/models/{PLAIN}/versions/-1",
