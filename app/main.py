@@ -20,6 +20,7 @@ from app.codec import NumpyJSONResponse
 from app.config import Settings
 from app.dataplane import DataPlane
 from app.errors import install_error_handlers
+from app.fastpath import FastPathMiddleware
 from app.inference.engine import ThreadPoolRunner, thread_plan
 from app.inference.registry import ModelRegistry
 from app.inference.repository import scan_repository
@@ -87,4 +88,12 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, keys=settings.api_keys)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost: the hot routes skip FastAPI (same checks and answers; see app/fastpath.py).
+    app.add_middleware(
+        FastPathMiddleware,
+        state=app.state,
+        metrics=metrics,
+        keys=settings.api_keys,
+        max_body_bytes=settings.max_body_bytes,
+    )
     return app
