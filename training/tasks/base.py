@@ -71,6 +71,8 @@ class TrainDefaults:
     # BPTT), as in online training on one continuous experience.
     stateful: bool = False
     chunk_len: int = 100
+    # bce only: weight of the positive targets (class balance for rare events).
+    pos_weight: float = 1.0
     # --quick: the smoke-test budget (tiny data, one or two epochs).
     quick_epochs: int = 2
 

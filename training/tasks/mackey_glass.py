@@ -118,7 +118,7 @@ class MackeyGlass(Task):
         "blocks": 16, "cells_per_block": 1, "g": "tanh", "h": "tanh",
         "output_activation": "linear", "input_to_output": True, "forget_bias": 1.0,
     }
-    defaults = TrainDefaults(epochs=300, batch_size=32, lr=1e-2, clip=1.0, patience=60,
+    defaults = TrainDefaults(epochs=600, batch_size=32, lr=1e-2, clip=1.0, patience=150,
                              schedule="cosine", quick_epochs=2)
     # Settings of the generator (all recorded in the card).
     x0 = {"train": 1.2, "val": 0.9, "test": 0.5}

@@ -79,8 +79,12 @@ class TraceConditioning(Task):
         "blocks": 2, "cells_per_block": 2, "g": "logistic2", "h": "logistic2",
         "output_activation": "logistic", "init_range": 0.1,
     }
-    defaults = TrainDefaults(epochs=60, batch_size=16, lr=1e-2, clip=1.0, patience=15,
-                             schedule="plateau", stateful=True, chunk_len=50, quick_epochs=2)
+    # The US is 1 on ~1 step in 30: unweighted, the network first learns the base rate and
+    # then sits on that plateau for a long time; weighting the US steps by ~30 (class balance)
+    # makes the timing the cheapest way down (measured: learned in 2-3 epochs instead of >30).
+    defaults = TrainDefaults(epochs=40, batch_size=16, lr=3e-2, clip=1.0, patience=10,
+                             schedule="plateau", stateful=True, chunk_len=50, pos_weight=30.0,
+                             quick_epochs=2)
 
     def generate(self, seed: int, quick: bool = False, **options: Any) -> TaskData:
         rng = np.random.default_rng(seed)
