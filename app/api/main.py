@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api import health, metrics, models, predict, sessions
+from app.api import health, metrics, models, predict, sessions, ui
 
 api_router = APIRouter()
-for module in (health, models, predict, sessions, metrics):
+for module in (health, models, predict, sessions, metrics, ui):
     api_router.include_router(module.router)
