@@ -13,7 +13,7 @@ from urllib.parse import parse_qs
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import Unauthorized, error_payload, json_response
+from app.errors import Unauthorized, error_payload, error_response
 
 OPEN_PREFIXES = ("/health/", "/v2/health/")
 OPEN_PATHS = frozenset({"/ui", "/ui/"})
@@ -57,7 +57,7 @@ class AuthMiddleware:
             return
         err = Unauthorized()
         if scope["type"] == "http":
-            await json_response(err.status_code, err.body(), err.headers)(scope, receive, send)
+            await error_response(scope["path"], err)(scope, receive, send)
             return
         # WebSocket: accept, say why in the stream's error form, close with 4401.
         message = await receive()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import PayloadTooLarge, json_response
+from app.errors import PayloadTooLarge, error_response
 
 
 class BodyLimitMiddleware:
@@ -57,5 +57,5 @@ class BodyLimitMiddleware:
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         err = self._error()
-        response = json_response(err.status_code, err.body(), {"Connection": "close"})
+        response = error_response(scope["path"], err, {"Connection": "close"})
         await response(scope, receive, send)

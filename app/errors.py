@@ -1,8 +1,11 @@
 """Errors that carry their HTTP status, and the ONE place that turns any failure into a response.
 
 Every failure the service can meet (our own errors, FastAPI/pydantic validation, unknown
-routes, oversized bodies, unexpected bugs) ends here as `{"detail": "<readable>", ...}` with a
-CONTRACT section 3 status code. The WebSocket stream uses `error_payload` for the same text.
+routes, oversized bodies, unexpected bugs) ends here. The body follows the protocol the path
+belongs to: `{"detail": "<readable>", ...}` with a CONTRACT section 3 code on the native API,
+`{"error": "<readable>"}` with a section 4 code (malformed input is 400, not 422) under /v2,
+as Triton answers. The middlewares (auth, body limit) use `error_response` for the same rule.
+The WebSocket stream uses `error_payload` for the same text.
 """
 
 from __future__ import annotations
@@ -124,6 +127,29 @@ def json_response(
     )
 
 
+def is_v2(path: str) -> bool:
+    """Paths of the Open Inference Protocol (KServe v2), whose errors are `{"error": ...}`."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_response(
+    path: str, exc: PeepholeError, headers: dict[str, str] | None = None
+) -> Response:
+    """`exc` worded for the protocol of `path`: /v2 `{"error"}` (422 -> 400), else `{"detail"}`."""
+    merged = {**exc.headers, **(headers or {})}
+    if is_v2(path):
+        status = 400 if exc.status_code == 422 else exc.status_code
+        return json_response(status, {"error": exc.detail}, merged)
+    return json_response(exc.status_code, exc.body(), merged)
+
+
+def status_error(status: int, detail: str, headers: dict[str, str] | None = None) -> PeepholeError:
+    """A PeepholeError with an arbitrary status (for errors raised by Starlette itself)."""
+    err = PeepholeError(detail, headers=headers)
+    err.status_code = status
+    return err
+
+
 def error_payload(exc: PeepholeError) -> dict[str, Any]:
     """The WebSocket form: the HTTP body plus `status`."""
     return {**exc.body(), "status": exc.status_code}
@@ -152,31 +178,32 @@ def as_peephole(exc: Exception) -> PeepholeError | None:
     return None
 
 
-async def _peephole(_: Request, exc: Exception) -> Response:
+async def _peephole(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PeepholeError)
-    return json_response(exc.status_code, exc.body(), exc.headers)
+    return error_response(request.scope["path"], exc)
 
 
-async def _validation(_: Request, exc: Exception) -> Response:
+async def _validation(request: Request, exc: Exception) -> Response:
     err = as_peephole(exc)
     assert err is not None
-    return json_response(err.status_code, err.body(), err.headers)
+    return error_response(request.scope["path"], err)
 
 
-async def _http(_: Request, exc: Exception) -> Response:
+async def _http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     detail = exc.detail if isinstance(exc.detail, str) else "request failed"
     if status == 404:
         detail = "no such route"
     if status == 400:
-        status = 422  # malformed request (e.g. an unreadable body)
-    return json_response(status, {"detail": detail}, dict(exc.headers or {}))
+        status = 422  # malformed request (e.g. an unreadable body); 400 again under /v2
+    err = status_error(status, detail, dict(exc.headers or {}))
+    return error_response(request.scope["path"], err)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return json_response(500, {"detail": "internal error"})
+    return error_response(request.scope["path"], status_error(500, "internal error"))
 
 
 def install_error_handlers(app: FastAPI) -> None:
