@@ -191,8 +191,14 @@ class DataPlane:
         state: dict[str, np.ndarray] | None = None,
         offset: int | None = None,
         ttl_seconds: int | None = None,
+        *,
+        session_id: str | None = None,
     ) -> Session:
-        """A new session at offset 0 from zeros, or restored from an exported state/offset."""
+        """A new session at offset 0 from zeros, or restored from an exported state/offset.
+
+        `session_id` lets a protocol choose the id (/v2 sequences derive it from the sequence
+        id); a live session with that id is replaced, which is how a sequence starts over.
+        """
         engine = self.model(name, version)
         if offset is not None and state is None:
             raise InvalidInput("offset is only accepted together with state (restoring a session)")
@@ -201,7 +207,7 @@ class DataPlane:
             raise InvalidInput(f"ttl_seconds must be between 1 and {self.settings.max_ttl_seconds}")
         init = state if state is not None else {k: v[0] for k, v in engine.initial_state(1).items()}
         session = Session(
-            session_id=new_session_id(),
+            session_id=session_id or new_session_id(),
             model=engine.name,
             version=engine.version,
             ttl_seconds=ttl,

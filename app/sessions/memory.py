@@ -88,9 +88,15 @@ class MemorySessionStore:
     # -- the protocol ------------------------------------------------------------------------
 
     async def create(self, session: Session) -> Session:
-        if len(self._sessions) >= self.max_sessions:
+        """Store it; a live session with the same (caller-chosen) id is replaced, not counted."""
+        def full() -> bool:
+            return session.session_id not in self._sessions and (
+                len(self._sessions) >= self.max_sessions
+            )
+
+        if full():
             self.sweep()
-        if len(self._sessions) >= self.max_sessions:
+        if full():
             soonest = min(s.expires_at for s in self._sessions.values())
             raise CapacityReached(
                 retry_after=max(1, math.ceil(soonest - now())),
