@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api import health, metrics, models, predict, sessions, ui
+from app.api import health, metrics, models, predict, sessions, ui, v2
 
 api_router = APIRouter()
-for module in (health, models, predict, sessions, metrics, ui):
+for module in (health, models, predict, sessions, metrics, v2, ui):
     api_router.include_router(module.router)
