@@ -14,8 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
-from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select
+
+try:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+except ImportError:  # fail, never skip: CI must run these
+    pytest.fail("the /ui tests need selenium: `pip install selenium`", pytrace=False)
 
 from tests.service.conftest import LiveServer
 from tests.ui.conftest import API_KEY, MG, TRACE
