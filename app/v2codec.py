@@ -26,6 +26,7 @@ from app.errors import InvalidInput, PayloadTooLarge
 FP32 = "FP32"
 _LE_FP32 = np.dtype("<f4")
 _NUMBER_TYPES = frozenset({int, float})
+_LIST = {list}
 _UINT64_MAX = 2**64 - 1
 MAX_SEQUENCE_ID_CHARS = 256
 # Triton's datatype names, to tell "wrong datatype" from "not a datatype" in messages.
@@ -141,7 +142,7 @@ def _json_numbers(data: Any, count: int, where: str) -> np.ndarray:
         raise InvalidInput(f"{where}.data must be a list of numbers, got {_kind(data)}")
     level: list[Any] = data
     while level and type(level[0]) is list:  # nested: flatten one level at a time, in C
-        if any(type(v) is not list for v in level):
+        if set(map(type, level)) != _LIST:
             raise InvalidInput(f"{where}.data mixes lists and numbers at one nesting level")
         level = list(chain.from_iterable(level))
     types = set(map(type, level))

@@ -56,14 +56,12 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-_TENSOR_META = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string"},
-        "datatype": {"type": "string"},
-        "shape": {"type": "array", "items": {"type": "integer"}},
-    },
+_TENSOR_PROPS: dict[str, Any] = {
+    "name": {"type": "string"},
+    "datatype": {"type": "string"},
+    "shape": {"type": "array", "items": {"type": "integer"}},
 }
+_TENSOR_META = {"type": "object", "properties": _TENSOR_PROPS}
 _MODEL_META = {
     "type": "object",
     "required": ["name", "versions", "platform", "inputs", "outputs"],
@@ -103,7 +101,7 @@ _INFER_DOC = {
                                 "type": "object",
                                 "required": ["name", "shape", "datatype"],
                                 "properties": {
-                                    **_TENSOR_META["properties"],  # type: ignore[dict-item]
+                                    **_TENSOR_PROPS,
                                     "data": {"type": "array"},
                                     "parameters": {"type": "object"},
                                 },
@@ -301,7 +299,6 @@ async def _sequence(
         r = await dp.infer(engine, x, states)
         return r.y, r.states
     if req.sequence_start:
-        dp.check_limits(1, x.shape[1])  # before taking a slot in the store
         init = None if states is None else {k: v[0] for k, v in states.items()}
         await dp.create_session(engine.name, engine.version, state=init, session_id=key)
     try:
@@ -330,7 +327,7 @@ async def _infer(request: Request, dp: DataPlane, name: str, version: str | None
             raise InvalidInput(
                 f"unknown output {o.name!r}: model {engine.name} has {', '.join(names)}"
             )
-    dp.check_limits(x.shape[0], x.shape[1])
+    dp.check_limits(x.shape[0], x.shape[1])  # 413 before a sequence takes a slot in the store
     if req.sequence_id is None:
         if req.sequence_start or req.sequence_end:
             raise InvalidInput("sequence_start and sequence_end need a non-zero sequence_id")

@@ -188,3 +188,20 @@ def test_sequences_are_per_model_and_batch_one(triton: th.InferenceServerClient)
         triton.infer(LNSC, [x_input(xs(LNSC, 2, 2))], sequence_id=5150)
     assert e.value.status() == "400" and "batch 1" in e.value.message()
     step(triton, LNSC, xs(LNSC, 1, 2)[0], 5150, sequence_end=True)
+
+
+def test_sequence_start_from_carried_state(
+    triton: th.InferenceServerClient, client: httpx.Client
+) -> None:
+    """State inputs seed a sequence on its start (and are refused after it)."""
+    x = xs(LNSC, 1, 10)
+    first = triton.infer(LNSC, [x_input(x[:, :4])])
+    carried = [x_input(first.as_numpy(s), name=s) for s in STATES[LNSC]]
+    second = triton.infer(LNSC, [x_input(x[:, 4:7]), *carried], sequence_id=31,
+                          sequence_start=True)
+    with pytest.raises(InferenceServerException) as e:
+        triton.infer(LNSC, [x_input(x[:, 7:]), *carried], sequence_id=31)
+    assert e.value.status() == "400" and "start" in e.value.message()
+    third = step(triton, LNSC, x[0, 7:], 31, sequence_end=True)
+    got = np.concatenate([r.as_numpy("y") for r in (first, second, third)], axis=1)
+    np.testing.assert_allclose(got, v1_predict(client, LNSC, x)["outputs"], atol=1e-5)
