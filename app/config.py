@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
-    session_store: Literal["memory", "redis"] = "memory"
+    # memory: this host's memory (one worker: a dict; several: the shared table, see shared.py);
+    # shared: the shared table even with one worker; redis: Redis, shared by replicas.
+    session_store: Literal["memory", "shared", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     session_ttl_seconds: int = Field(default=3600, ge=1)
     max_ttl_seconds: int = Field(default=604800, ge=1)
@@ -49,6 +51,19 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=64, ge=1)
     store_conflict_retries: int = Field(default=100, ge=1)  # optimistic retries of one change
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
+    # Performance (docs/PERFORMANCE.md). Worker processes of `python -m app`; 0 = one per core.
+    # With more than one, sessions must live in a store every worker shares (see app/sessions).
+    workers: int = Field(default=0, ge=0)
+    access_log: bool = False  # uvicorn's per-request log line; /metrics counts requests anyway
+    # Dynamic batching: concurrent runs of one model version become one ONNX Runtime run of at
+    # most this many sequences (1 = no batching); a partial batch waits at most max_wait_ms,
+    # and only while the model is busy (an idle model runs a lone request at once).
+    batch_max_size: int = Field(default=64, ge=1)
+    batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    # Runs estimated under this many milliseconds run on the event loop (no thread hand-off).
+    batch_inline_ms: float = Field(default=0.5, ge=0, le=100)
+    # Set by `python -m app` for its worker processes: where the shared session table lives.
+    shared_store_dir: Path | None = None
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -70,6 +85,11 @@ class Settings(BaseSettings):
         if self.session_ttl_seconds > self.max_ttl_seconds:
             raise ValueError("PEEPHOLE_SESSION_TTL_SECONDS exceeds PEEPHOLE_MAX_TTL_SECONDS")
         return self
+
+    @property
+    def worker_processes(self) -> int:
+        """PEEPHOLE_WORKERS, or one per core when 0."""
+        return self.workers or self.cores
 
     @property
     def cores(self) -> int:

@@ -21,7 +21,8 @@ from app.config import Settings
 from app.dataplane import DataPlane
 from app.errors import install_error_handlers
 from app.fastpath import FastPathMiddleware
-from app.inference.engine import ThreadPoolRunner, thread_plan
+from app.inference.batcher import BatchingRunner
+from app.inference.engine import thread_plan
 from app.inference.registry import ModelRegistry
 from app.inference.repository import scan_repository
 from app.metrics import Metrics, MetricsMiddleware
@@ -63,9 +64,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         reg = registry or await asyncio.to_thread(build_registry, settings, intra)
-        st = store or make_store(settings)
+        st = store or make_store(settings, reg.engines())
         await st.start()
-        runner = ThreadPoolRunner(workers, metrics.observe_inference)
+        runner = BatchingRunner(
+            workers,
+            metrics.observe_inference,
+            max_size=settings.batch_max_size,
+            max_wait_ms=settings.batch_max_wait_ms,
+            inline_ms=settings.batch_inline_ms,
+        )
         app.state.dataplane = DataPlane(reg, st, runner, settings, metrics)
         log.info("ready: %d inference threads x %d ONNX Runtime threads", workers, intra)
         try:

@@ -1,0 +1,254 @@
+"""Dynamic batching across requests and sessions: one ONNX Runtime run for many callers.
+
+`BatchingRunner` has the call of `ThreadPoolRunner` (the `Runner` protocol), so the data plane
+does not know it is there. Concurrent calls for one engine (one model version) are queued and
+run as ONE batch: inputs concatenated along batch (zero-padded in time), start states
+concatenated, per-sequence lengths passed on, so the engine's ragged run by segments
+(engine.py) gives every caller exactly what it would get alone. Then the outputs and final
+states are sliced back per caller.
+
+When does a batch run? Like Triton's dynamic / sequence batchers, but without making a lone
+request wait:
+- the first call of an event-loop iteration schedules a flush for the end of that iteration,
+  so every request parsed in the same iteration (uvicorn reads many sockets per iteration
+  under load) lands in the same batch, and a lone request runs at once;
+- while a run of this engine is in flight, new calls queue and go together when it ends
+  (at most `max_size` sequences per run; the rest in the next run);
+- `max_wait_ms` > 0 additionally holds a partial batch up to that long, but only while the
+  engine is busy (a batch was dispatched less than `max_wait_ms` ago): an idle engine never
+  delays a request.
+Small runs (estimated under `inline_ms` from this engine's measured cost per time step) run
+on the event loop itself: for a step of a 32-cell LSTM a thread hand-off costs several times
+the run. Larger runs go to the thread pool, which ONNX Runtime (GIL released) shares with
+the event loop. Internals are never batched (their graph is the slow debugging path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.inference.engine import Engine, EngineResult, Observer
+
+SMALL_RUN = 64  # sequence-steps under which a run's cost is mostly fixed overhead
+
+
+@dataclass(slots=True)
+class _Call:
+    x: np.ndarray  # [B, T, I]
+    states: dict[str, np.ndarray] | None
+    lengths: np.ndarray | None
+    future: asyncio.Future[EngineResult]
+
+
+@dataclass
+class _Queue:
+    """Per engine: waiting calls and what the scheduler needs to know."""
+
+    calls: list[_Call] = field(default_factory=list)
+    scheduled: bool = False
+    inflight: int = 0
+    last_dispatch: float = 0.0
+    timer: asyncio.TimerHandle | None = None
+    # Cost model learned from this engine's runs (<0: not measured yet): seconds per small run
+    # (overhead-dominated) and seconds per sequence-step of larger runs.
+    run_cost: float = -1.0
+    unit_cost: float = -1.0
+
+    def estimate(self, units: int) -> float | None:
+        """Seconds a run of `units` padded sequence-steps should take; None if unknown."""
+        if units < SMALL_RUN:
+            return self.run_cost if self.run_cost >= 0 else None
+        if self.unit_cost < 0:
+            return None
+        return max(self.run_cost, 0.0) + self.unit_cost * units
+
+    def learn(self, units: int, seconds: float) -> None:
+        if units < SMALL_RUN:
+            self.run_cost = seconds if self.run_cost < 0 else 0.8 * self.run_cost + 0.2 * seconds
+        else:
+            per = seconds / units
+            self.unit_cost = per if self.unit_cost < 0 else 0.8 * self.unit_cost + 0.2 * per
+
+
+def _merge(engine: Engine, calls: list[_Call]) -> tuple[np.ndarray, dict[str, np.ndarray] | None,
+                                                         np.ndarray | None]:  # fmt: skip
+    """One batch from many calls: x zero-padded to the longest, states and lengths concatenated."""
+    if len(calls) == 1:
+        c = calls[0]
+        return c.x, c.states, c.lengths
+    T = max(c.x.shape[1] for c in calls)
+    B = sum(c.x.shape[0] for c in calls)
+    x = np.zeros((B, T, calls[0].x.shape[2]), np.float32)
+    lengths = np.empty(B, np.int64)
+    off = 0
+    for c in calls:
+        b, t = c.x.shape[0], c.x.shape[1]
+        x[off : off + b, :t] = c.x
+        lengths[off : off + b] = t if c.lengths is None else c.lengths
+        off += b
+    states: dict[str, np.ndarray] | None = None
+    if any(c.states is not None for c in calls):
+        states = engine.initial_state(B)
+        off = 0
+        for c in calls:
+            b = c.x.shape[0]
+            if c.states is not None:
+                for name, arr in c.states.items():
+                    states[name][off : off + b] = arr
+            off += b
+    return x, states, (None if bool(np.all(lengths == T)) else lengths)
+
+
+def _split(result: EngineResult, calls: list[_Call]) -> None:
+    """Each caller's slice of the batch (contiguous, as an unbatched run would return)."""
+    if len(calls) == 1:
+        if not calls[0].future.done():
+            calls[0].future.set_result(result)
+        return
+    off = 0
+    for c in calls:
+        b, t = c.x.shape[0], c.x.shape[1]
+        if not c.future.done():  # a caller may have been cancelled (client gone)
+            y = np.ascontiguousarray(result.y[off : off + b, :t])
+            st = {k: np.ascontiguousarray(v[off : off + b]) for k, v in result.states.items()}
+            c.future.set_result(EngineResult(y, st, None))
+        off += b
+
+
+def _fail(calls: list[_Call], exc: BaseException) -> None:
+    for c in calls:
+        if not c.future.done():
+            c.future.set_exception(exc)
+
+
+class BatchingRunner:
+    """A `Runner` that coalesces concurrent calls per engine into one run (see module doc)."""
+
+    def __init__(
+        self,
+        workers: int,
+        observe: Observer | None = None,
+        *,
+        max_size: int = 64,
+        max_wait_ms: float = 0.0,
+        inline_ms: float = 0.5,
+    ) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="peephole-infer")
+        self._observe = observe
+        self.max_size = max(1, max_size)
+        self.max_wait = max(0.0, max_wait_ms) / 1000.0
+        self.inline = max(0.0, inline_ms) / 1000.0
+        self._queues: dict[int, _Queue] = {}
+
+    # -- the Runner call -------------------------------------------------------------------
+
+    async def __call__(
+        self,
+        engine: Engine,
+        x: np.ndarray,
+        states: dict[str, np.ndarray] | None,
+        lengths: np.ndarray | None,
+        internals: bool = False,
+    ) -> EngineResult:
+        loop = asyncio.get_running_loop()
+        if internals:
+            return await loop.run_in_executor(
+                self._pool, self._timed, engine, x, states, lengths, True
+            )
+        q = self._queues.get(id(engine))
+        if q is None:
+            q = self._queues[id(engine)] = _Queue()
+        future: asyncio.Future[EngineResult] = loop.create_future()
+        q.calls.append(_Call(x, states, lengths, future))
+        if not q.scheduled and not q.inflight:
+            q.scheduled = True
+            loop.call_soon(self._flush, engine, q)
+        return await future
+
+    def close(self) -> None:
+        for q in self._queues.values():
+            if q.timer is not None:
+                q.timer.cancel()
+            _fail(q.calls, RuntimeError("the inference runner is shutting down"))
+            q.calls.clear()
+        self._pool.shutdown(wait=True, cancel_futures=False)
+
+    # -- scheduling --------------------------------------------------------------------------
+
+    def _flush(self, engine: Engine, q: _Queue) -> None:
+        """Dispatch what is queued, unless a run is in flight (its end will flush)."""
+        q.scheduled = False
+        if q.timer is not None:
+            q.timer.cancel()
+            q.timer = None
+        while q.calls and not q.inflight:
+            if self.max_wait and sum(c.x.shape[0] for c in q.calls) < self.max_size:
+                wait = q.last_dispatch + self.max_wait - time.perf_counter()
+                if wait > 0:  # busy engine: hold the partial batch a little
+                    q.timer = asyncio.get_running_loop().call_later(wait, self._flush, engine, q)
+                    return
+            self._dispatch(engine, q)
+
+    def _take(self, q: _Queue) -> list[_Call]:
+        """The longest prefix of the queue within max_size sequences (at least one call)."""
+        n, total = 0, 0
+        for c in q.calls:
+            b = c.x.shape[0]
+            if n and total + b > self.max_size:
+                break
+            n, total = n + 1, total + b
+        calls, q.calls[:n] = q.calls[:n], []
+        return [c for c in calls if not c.future.cancelled()]
+
+    def _dispatch(self, engine: Engine, q: _Queue) -> None:
+        calls = self._take(q)
+        q.last_dispatch = time.perf_counter()
+        if not calls:
+            return
+        try:
+            x, states, lengths = _merge(engine, calls)
+        except Exception as e:  # pragma: no cover - shapes were checked by the data plane
+            _fail(calls, e)
+            return
+        est = q.estimate(x.shape[0] * x.shape[1])
+        if est is not None and est <= self.inline:
+            try:
+                result = self._timed(engine, x, states, lengths, False, q)
+            except Exception as e:
+                _fail(calls, e)
+                return
+            _split(result, calls)
+            return
+        q.inflight += 1
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._pool, self._timed, engine, x, states, lengths, False, q)
+        done.add_done_callback(lambda f: self._finished(engine, q, calls, f))
+
+    def _finished(self, engine: Engine, q: _Queue, calls: list[_Call],
+                  f: asyncio.Future[EngineResult]) -> None:  # fmt: skip
+        q.inflight -= 1
+        exc = f.exception()
+        if exc is not None:
+            _fail(calls, exc)
+        else:
+            _split(f.result(), calls)
+        if q.calls and not q.scheduled:
+            q.scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, engine, q)
+
+    def _timed(self, engine: Engine, x: np.ndarray, states: dict[str, np.ndarray] | None,
+               lengths: np.ndarray | None, internals: bool,
+               q: _Queue | None = None) -> EngineResult:  # fmt: skip
+        t0 = time.perf_counter()
+        result = engine.run(x, states, lengths, internals)
+        dt = time.perf_counter() - t0
+        if q is not None:
+            q.learn(x.shape[0] * x.shape[1], dt)
+        if self._observe is not None:
+            self._observe(engine, int(x.shape[0]), dt)
+        return result
