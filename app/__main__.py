@@ -1,5 +1,6 @@
 """`python -m app`: serve the model repository with uvicorn (uvloop/httptools if present).
 
+HTTP/1.1 is uvicorn's httptools protocol with one write per response (app/httpproto.py).
 PEEPHOLE_WORKERS (0 = one per core) worker processes. With more than one, uvicorn runs in
 multi-process mode with the app factory `app.__main__:factory`, and sessions must be shared
 by every worker: the `memory` store then becomes the shared table of app/sessions/shared.py
@@ -49,6 +50,12 @@ def _die_with_supervisor() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def _http_protocol() -> type:
+    from app.httpproto import CoalescingHttpToolsProtocol
+
+    return CoalescingHttpToolsProtocol
+
+
 def factory() -> FastAPI:
     """The app of one worker process (uvicorn multi-process mode)."""
     settings = Settings()
@@ -65,7 +72,7 @@ def main() -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop" if have("uvloop") else "asyncio",
-        http="httptools" if have("httptools") else "h11",
+        http=_http_protocol() if have("httptools") else "h11",
         ws_max_size=settings.max_body_bytes,
         timeout_graceful_shutdown=settings.graceful_shutdown_seconds or None,
         log_level=settings.log_level,

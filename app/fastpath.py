@@ -4,7 +4,8 @@
 almost all the traffic, and on a small CPU box FastAPI's per-request machinery (routing over
 every route, dependency solving, Request objects, three middleware layers) costs more than
 the inference itself. This layer answers those two routes directly and hands everything else
-to the FastAPI app unchanged.
+to FastAPI unchanged. It runs before FastAPI's own per-request work (telemetry checks,
+middleware stack, routing), from `PeepholeAPI.__call__` in app/main.py.
 
 Same semantics as the FastAPI routes, by construction: it runs the same route bodies
 (`app.api.predict._predict`, `app.api.sessions.apply_steps`) on the same parsed JSON, and
@@ -24,7 +25,7 @@ from typing import Any
 
 import orjson
 from starlette.datastructures import State
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from app.api.predict import _predict
 from app.api.sessions import apply_steps
@@ -73,12 +74,11 @@ def match(path: str) -> tuple[str, Handler, list[str]] | None:
     return None
 
 
-class FastPathMiddleware:
-    """Answers the hot routes itself; every other request goes to `app` (FastAPI)."""
+class FastPath:
+    """Answers the hot routes; `PeepholeAPI.__call__` asks it first, FastAPI gets the rest."""
 
-    def __init__(self, app: ASGIApp, state: State, metrics: Metrics, keys: list[str],
+    def __init__(self, state: State, metrics: Metrics, keys: list[str],
                  max_body_bytes: int) -> None:  # fmt: skip
-        self.app = app
         self.state = state
         self.metrics = metrics
         self.keys = list(keys)
@@ -86,15 +86,12 @@ class FastPathMiddleware:
         self._counters: dict[tuple[str, int], Any] = {}
         self._latency: dict[str, Any] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Serve the request if it is a hot route (True), else leave it alone (False)."""
         hit = match(scope["path"])
         dp: DataPlane | None = getattr(self.state, "dataplane", None)
         if hit is None or dp is None:
-            await self.app(scope, receive, send)
-            return
+            return False
         template, handler, params = hit
         t0 = time.perf_counter()
         status = 500
@@ -102,6 +99,7 @@ class FastPathMiddleware:
             status = await self._serve(dp, scope, receive, send, handler, params)
         finally:
             self._count(template, status, time.perf_counter() - t0)
+        return True
 
     def _count(self, template: str, status: int, seconds: float) -> None:
         """MetricsMiddleware's two series, with the labelled children cached."""

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from app.api.main import api_router
 from app.auth import AuthMiddleware
@@ -20,7 +21,7 @@ from app.codec import NumpyJSONResponse
 from app.config import Settings
 from app.dataplane import DataPlane
 from app.errors import install_error_handlers
-from app.fastpath import FastPathMiddleware
+from app.fastpath import FastPath
 from app.inference.batcher import BatchingRunner
 from app.inference.engine import thread_plan
 from app.inference.registry import ModelRegistry
@@ -81,7 +82,7 @@ def create_app(
             await st.close()
             runner.close()
 
-    app = FastAPI(
+    app = PeepholeAPI(
         title="Peephole",
         version="0.1.0",
         description=DESCRIPTION,
@@ -95,12 +96,25 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, keys=settings.api_keys)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    # Outermost: the hot routes skip FastAPI (same checks and answers; see app/fastpath.py).
-    app.add_middleware(
-        FastPathMiddleware,
-        state=app.state,
-        metrics=metrics,
-        keys=settings.api_keys,
-        max_body_bytes=settings.max_body_bytes,
-    )
+    app.fast_path = FastPath(app.state, metrics, settings.api_keys, settings.max_body_bytes)
     return app
+
+
+class PeepholeAPI(FastAPI):
+    """FastAPI, with the hot routes answered before any of its per-request machinery.
+
+    `POST .../predict` and `POST /v1/sessions/{id}/steps` go to `FastPath` (same checks,
+    bodies, errors and metrics as the routes and middlewares; see app/fastpath.py).
+    """
+
+    fast_path: FastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self.fast_path is not None
+            and scope["type"] == "http"
+            and scope["method"] == "POST"
+            and await self.fast_path(scope, receive, send)
+        ):
+            return
+        await super().__call__(scope, receive, send)
