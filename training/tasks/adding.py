@@ -48,12 +48,17 @@ class Adding(Task):
     description = ("adding problem, T = 100: remember two marked values over ~100 steps, output "
                    "0.5 + (X1 + X2)/4 at the end; correct when |error| < 0.04")
     loss = "mse"
+    # The 1997 net was 2 blocks x 2 cells trained for 74,000 sequences; in our budget that
+    # net stayed on the predict-the-mean plateau (loss 0.041 = target variance) for 28 epochs.
+    # 8 tanh blocks with a linear output leave the plateau after ~7 epochs (measured: 3 of
+    # 1,000 validation sequences wrong at epoch 30 with a constant lr); the cosine decay
+    # then refines the sum.
     architecture = {
-        "blocks": 2, "cells_per_block": 2, "g": "logistic2", "h": "logistic2",
-        "output_activation": "logistic", "forget_bias": 2.0,
+        "blocks": 8, "cells_per_block": 1, "g": "tanh", "h": "tanh",
+        "output_activation": "linear", "input_to_output": True, "forget_bias": 2.0,
     }
-    defaults = TrainDefaults(epochs=60, batch_size=64, lr=1e-2, clip=1.0, patience=10,
-                             schedule="plateau", quick_epochs=1)
+    defaults = TrainDefaults(epochs=40, batch_size=64, lr=3e-3, clip=1.0, patience=40,
+                             schedule="cosine", quick_epochs=1)
     monitor = "loss"
     t_min = 100
 

@@ -50,12 +50,17 @@ class MeasuringSpikeDelays(Task):
     description = ("measuring spike delays (Gers 2002): spikes every F + I(n) steps, F = 10; "
                    "output I(n) at each spike; 1,000 consecutive test spikes right")
     loss = "bce"
+    # Gers 2002 solved MSD with 1 block x 1 cell (logistic2 g, identity h) after many
+    # sequences; in our ~10-minute budget that network stayed at chance (two attempts, 100
+    # epochs), while 4 tanh blocks learn it in ~10 epochs (measured: 100% of validation spikes
+    # from epoch 16; 1,201 consecutive test spikes right). Chunks of 25 steps: an interval is at
+    # most 11 steps, and short chunks give many updates per epoch.
     architecture = {
-        "blocks": 1, "cells_per_block": 1, "g": "logistic2", "h": "identity",
+        "blocks": 4, "cells_per_block": 1, "g": "tanh", "h": "tanh",
         "output_activation": "logistic", "forget_bias": 1.0,
     }
-    defaults = TrainDefaults(epochs=80, batch_size=16, lr=1e-2, clip=1.0, patience=20,
-                             schedule="plateau", stateful=True, chunk_len=105, quick_epochs=2)
+    defaults = TrainDefaults(epochs=60, batch_size=16, lr=3e-3, clip=1.0, patience=60,
+                             schedule="plateau", stateful=True, chunk_len=25, quick_epochs=2)
     monitor = "spike_accuracy"
     monitor_mode = "max"
 
