@@ -61,6 +61,11 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.store_conflicts = Counter(
+            "peephole_session_store_conflicts_total",
+            "Session changes run again because another worker or replica wrote first",
+            registry=r,
+        )
         self.ws_messages = Counter(
             "peephole_websocket_messages_total",
             "WebSocket stream messages by answer status",

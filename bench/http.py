@@ -52,9 +52,9 @@ CASES = {
     "t1000": ("predict T=1000, 4 conns", 4),
     "steps": ("1 step x 64 sessions, 64 conns", 64),
 }
-PEER_LINES = {  # bench.sh line prefixes -> case
-    "predict T=10": "t10",
-    "predict T=1000": "t1000",
+PEER_LINES = {  # bench.sh line prefixes -> case (longest first: "T=10" prefixes "T=1000")
+    "predict T=1000,": "t1000",
+    "predict T=10,": "t10",
     "1 step x": "steps",
 }
 

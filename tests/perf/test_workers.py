@@ -1,0 +1,140 @@
+"""`python -m app` with several worker processes: sessions shared by all workers (the shared
+table), concurrent steps exactly once, the coalescing HTTP protocol, and clean exits."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from websockets.sync.client import connect
+
+from tests.service.conftest import LNSC, RepoModels, free_port
+
+
+class App:
+    def __init__(self, repo: Path, workers: int, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "PEEPHOLE_MODEL_REPOSITORY": str(repo),
+                    "PEEPHOLE_PORT": str(self.port), "PEEPHOLE_PROVIDER": "cpu",
+                    "PEEPHOLE_WORKERS": str(workers), "PEEPHOLE_LOG_LEVEL": "info", **env}  # fmt: skip
+        self.proc = subprocess.Popen([sys.executable, "-m", "app"], env=self.env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert self.proc.poll() is None and time.monotonic() < deadline, "did not start"
+            time.sleep(0.1)
+
+    def workers(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        pids = [int(p) for p in out.stdout.split()]
+        # uvicorn's spawn start method adds a resource tracker: keep the app workers only
+        return [p for p in pids if "resource_tracker" not in Path(f"/proc/{p}/cmdline").read_text()]
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.stdout.read() if self.proc.stdout else ""
+
+
+@pytest.fixture(scope="module")
+def two(models: RepoModels) -> Iterator[App]:
+    app = App(models.repo, 2)
+    yield app
+    app.stop()
+
+
+def test_two_workers_share_sessions(two: App, models: RepoModels) -> None:
+    assert len(two.workers()) == 2
+    with httpx.Client(base_url=two.url) as c:
+        ids = [c.post("/v1/sessions", json={"model": LNSC}).json()["session_id"] for _ in range(6)]
+    x = [0.3, -0.2, 0.5]
+
+    def step(k: int) -> None:
+        # a fresh connection each time, so the kernel spreads them over both workers
+        r = httpx.post(f"{two.url}/v1/sessions/{ids[k % 6]}/steps", json={"inputs": [x]})
+        assert r.status_code == 200, r.text
+
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(step, range(240)))
+    with httpx.Client(base_url=two.url) as c:
+        whole = c.post(f"/v1/models/{LNSC}/predict",
+                       json={"inputs": [[x] * 40], "return_state": True}).json()  # fmt: skip
+        for sid in ids:
+            st = c.get(f"/v1/sessions/{sid}/state").json()
+            assert st["offset"] == 40  # every step applied exactly once
+            for name, value in whole["state"][0].items():
+                np.testing.assert_allclose(st["state"][name], value, atol=1e-5)
+        text = c.get("/metrics").text
+    assert "peephole_session_store_conflicts_total" in text
+
+
+def test_offsets_and_retries_across_workers(two: App) -> None:
+    sid = httpx.post(f"{two.url}/v1/sessions", json={"model": LNSC}).json()["session_id"]
+    body = {"inputs": [[0.1, 0.2, 0.3]], "offset": 0}
+    first = [httpx.post(f"{two.url}/v1/sessions/{sid}/steps", json=body) for _ in range(6)]
+    assert {r.status_code for r in first} == {200}
+    assert len({json.dumps(r.json()) for r in first}) == 1  # retries: the same answer
+    r = httpx.post(f"{two.url}/v1/sessions/{sid}/steps", json={**body, "offset": 7})
+    assert r.status_code == 409 and r.json()["offset"] == 1
+
+
+def test_keep_alive_websocket_and_413_through_the_coalescing_protocol(two: App) -> None:
+    with httpx.Client(base_url=two.url) as c:
+        sid = c.post("/v1/sessions", json={"model": LNSC}).json()["session_id"]
+        for k in range(20):  # one connection, many requests
+            r = c.post(f"/v1/sessions/{sid}/steps", json={"inputs": [[0.0, 0.0, 0.0]]})
+            assert r.json()["offset"] == k + 1
+        r = c.post(f"/v1/models/{LNSC}/predict", content=b"x" * (17 * 1024 * 1024),
+                   headers={"content-type": "application/json"})  # fmt: skip
+        assert r.status_code == 413
+    with connect(f"ws://127.0.0.1:{two.port}/v1/sessions/{sid}/stream") as ws:
+        for k in range(5):
+            ws.send(json.dumps({"inputs": [[0.0, 0.0, 0.0]]}))
+            assert json.loads(ws.recv(timeout=10))["offset"] == 21 + k
+
+
+def _table(log: str) -> Path:
+    line = next(ln for ln in log.splitlines() if "sessions live in the shared table" in ln)
+    return Path(line.rsplit(" ", 1)[1])
+
+
+def test_workers_go_when_the_supervisor_is_killed(models: RepoModels) -> None:
+    app = App(models.repo, 2)
+    workers = app.workers()
+    assert len(workers) == 2
+    app.proc.kill()  # SIGKILL: no cleanup in the supervisor
+    app.proc.wait(10)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{p}").exists() for p in workers):
+        assert time.monotonic() < deadline, "orphaned workers kept running"
+        time.sleep(0.1)
+    table = _table(app.proc.stdout.read() if app.proc.stdout else "")
+    shutil.rmtree(table, ignore_errors=True)  # what the killed supervisor could not remove
+
+
+def test_sigterm_removes_the_shared_table(models: RepoModels) -> None:
+    app = App(models.repo, 2)
+    out = app.stop()
+    assert app.proc.returncode in (0, -signal.SIGTERM), out
+    assert not _table(out).exists()
