@@ -1,10 +1,12 @@
 """HTTP benchmark: Peephole vs the TorchServe peer vs a bare FastAPI app, side by side, one run.
 
-    python bench/http.py                         # peer + Peephole + bare app, 3 cases, 1 round
-    python bench/http.py --rounds 3              # repeat, report the range of each ratio
-    python bench/http.py --no-peer --workers 1   # without TorchServe
-    python bench/http.py --batching              # + batched vs unbatched steps, lone latency
-    python bench/http.py --quick                 # smoke run (no peer, 1 s per case, no warm-up)
+    bench/http.sh                         # peer + Peephole + bare app, 3 cases, 1 round
+    bench/http.sh --rounds 3              # repeat, report the range of each ratio
+    bench/http.sh --no-peer --workers 1   # without TorchServe
+    bench/http.sh --batching              # + batched vs unbatched steps, lone latency
+    bench/http.sh --quick                 # smoke run (no peer, 1 s per case, no warm-up)
+
+(bench/http.sh runs this file, bench/http_bench.py, with the same arguments.)
 
 The cases are the peer's (shared/peers/torchserve/bench.sh), with the same wrk settings
 (`wrk -t1 -cC -dD --timeout 10s`, WARMUP s not reported, then DURATION s), the same request
@@ -23,26 +25,20 @@ uvicorn with the same worker count. Ratios are req/s over req/s of the same roun
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-
-# This file shares its name with the stdlib package `http` (which urllib imports): when run as
-# a script its folder heads sys.path, so take that folder off before importing anything else.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LUA = ROOT / "bench" / "wrk"

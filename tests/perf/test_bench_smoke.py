@@ -1,0 +1,43 @@
+"""Smoke runs of the bench scripts (--quick): they exit 0 and print their ratios.
+
+Not timed assertions: the figures on a shared CI box are noise; docs/PERFORMANCE.md has the
+real runs. Together well under 30 s.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*cmd: str, timeout: int = 120) -> str:
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_http_bench_quick() -> None:
+    out = _run("bash", "bench/http.sh", "--quick")
+    assert "Peephole vs bare FastAPI" in out
+    for case in ("predict T=10", "predict T=1000", "1 step x 64 sessions"):
+        assert any(case in ln and ln.rstrip().split()[-1] == "0" and "x" in ln
+                   for ln in out.splitlines()), case  # fmt: skip
+
+
+def test_engine_bench_quick() -> None:
+    out = _run(sys.executable, "bench/engine.py", "--quick", "--random", "--batches", "1")
+    assert "ort/bare" in out and "eager/ort" in out
+
+
+def test_cuda_placement_quick() -> None:
+    out = _run(sys.executable, "bench/cuda_placement.py", "--quick")
+    assert "model.cuda.onnx operators" in out and "max abs diff" in out
+    assert "LSTM" not in out.split("operators", 1)[1].split("\n", 1)[0]
+    assert "ALL NODES ON CUDA" in out or "UNVERIFIED" in out
