@@ -75,7 +75,17 @@ class Adding(Task):
                   "delimiters": -1.0, "sequences": sizes, "seed": seed},
             input_names=["value", "marker"],
             output_names=["sum"],
-            encoding={"target": "0.5 + (X1 + X2) / 4 at the last step"},
+            encoding={
+                "inputs": {"columns": ["value", "marker"],
+                           "value": "uniform in [-1, 1] at every step",
+                           "marker": "1.0 at the two values to add (X1, X2), -1.0 at the first "
+                                     "and last steps, 0.0 elsewhere"},
+                "outputs": {"columns": ["sum"],
+                            "meaning": "0.5 + (X1 + X2) / 4, read at the LAST step only "
+                                       "(earlier outputs are not trained)"},
+                "correct": "|output - target| < 0.04; solved when at most 1 of 2,560 "
+                           "sequences is wrong",
+            },
         )
 
     def evaluate(self, pred: np.ndarray, split: Split, data: TaskData) -> dict[str, Any]:

@@ -111,8 +111,15 @@ class EmbeddedReber(Task):
                   "branch_probability": 0.5, "strings": sizes, "seed": seed},
             input_names=[f"in_{c}" for c in SYMBOLS],
             output_names=[f"next_{c}" for c in SYMBOLS],
-            encoding={"symbols": list(SYMBOLS), "input": "one-hot current symbol",
-                      "output": "legal next symbols (> 0.5)"},
+            encoding={
+                "inputs": {"kind": "one-hot", "symbols": list(SYMBOLS),
+                           "meaning": "x[t] = the one-hot code of the string's t-th symbol "
+                                      "(B first; the final E is never an input)"},
+                "outputs": {"kind": "7 logistic units", "symbols": list(SYMBOLS),
+                            "meaning": "y[t][k] = will symbol k legally come next"},
+                "correct": "a string is correct when at every step every legal next "
+                           "symbol's output is > 0.5 and every other output is < 0.5",
+            },
         )
 
     def evaluate(self, pred: np.ndarray, split: Split, data: TaskData) -> dict[str, Any]:

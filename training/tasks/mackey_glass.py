@@ -154,6 +154,14 @@ class MackeyGlass(Task):
             output_names=["x_next"],
             normalization={"input_mean": [mean], "input_std": [std],
                            "target_mean": [mean], "target_std": [std]},
+            encoding={
+                "inputs": {"columns": ["x"], "meaning": "x(t), the Mackey-Glass series "
+                           "(tau 17) sampled every 6 time units, raw units (the graph "
+                           "normalises); one continuous series, carry the state"},
+                "outputs": {"columns": ["x_next"], "meaning": "x(t + 6), the next sample, "
+                            "raw units; iterate (feed outputs back) for k samples ahead"},
+                "warmup_steps": self.warmup,
+            },
             extra={"raw": raw},
         )
 

@@ -77,7 +77,17 @@ class MeasuringSpikeDelays(Task):
                               "test": [1, test_steps]}, "seed": seed},
             input_names=["spike"],
             output_names=["delay_bit"],
-            encoding={"target": "I(n) = T(n) - T(n-1) - F at each spike"},
+            encoding={
+                "inputs": {"columns": ["spike"],
+                           "meaning": "1.0 at a spike step, 0.0 elsewhere; spikes at "
+                                      "T(n) = T(n-1) + 10 + I(n), I(n) in {0, 1}; one "
+                                      "continuous train (carry the state between calls)"},
+                "outputs": {"columns": ["delay_bit"],
+                            "meaning": "I(n) = T(n) - T(n-1) - 10, read at each spike n >= 1 "
+                                       "(outputs between spikes are not trained)"},
+                "correct": "|output - I(n)| < 0.49; solved when 1,000 consecutive spikes "
+                           "are correct",
+            },
         )
 
     def evaluate(self, pred: np.ndarray, split: Split, data: TaskData) -> dict[str, Any]:

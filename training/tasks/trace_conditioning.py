@@ -108,7 +108,15 @@ class TraceConditioning(Task):
         }
         return TaskData(train=train, val=val, test=test, data=data,
                         input_names=["cs", "us"], output_names=["us_next"],
-                        encoding={"step_ms": STEP_MS, "output": "predicted US at t+1"})
+                        encoding={
+                            "step_ms": STEP_MS, "output": "predicted US at t+1",
+                            "inputs": {"columns": ["cs", "us"], "meaning": "1.0 at the step "
+                                       "of the conditioned stimulus / of the US (reward), "
+                                       "0.0 elsewhere; one continuous stream of trials, carry "
+                                       "the state"},
+                            "outputs": {"columns": ["us_next"], "meaning": "the US expected "
+                                        "at the next 200 ms step (logistic, 0..1)"},
+                        })
 
     def evaluate(self, pred: np.ndarray, split: Split, data: TaskData) -> dict[str, Any]:
         err = np.abs(pred[..., 0] - split.y[..., 0])
