@@ -1,7 +1,7 @@
 """`python -m app`: serve the model repository with uvicorn (uvloop/httptools if present).
 
 HTTP/1.1 is uvicorn's httptools protocol with one write per response (app/httpproto.py).
-PEEPHOLE_WORKERS (0 = one per core) worker processes. With more than one, uvicorn runs in
+PEEPHOLE_WORKERS (0 = one per two cores) worker processes. With more than one, uvicorn runs in
 multi-process mode with the app factory `app.__main__:factory`, and sessions must be shared
 by every worker: the `memory` store then becomes the shared table of app/sessions/shared.py
 (in a directory this process creates and removes), `redis` stays Redis. Workers exit when

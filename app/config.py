@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=64, ge=1)
     store_conflict_retries: int = Field(default=100, ge=1)  # optimistic retries of one change
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
-    # Performance (docs/PERFORMANCE.md). Worker processes of `python -m app`; 0 = one per core.
+    # Performance (docs/PERFORMANCE.md). Worker processes of `python -m app`; 0 = one per two
+    # cores (a busy worker keeps two threads running: its event loop and ONNX Runtime).
     # With more than one, sessions must live in a store every worker shares (see app/sessions).
     workers: int = Field(default=0, ge=0)
     access_log: bool = False  # uvicorn's per-request log line; /metrics counts requests anyway
@@ -88,8 +89,8 @@ class Settings(BaseSettings):
 
     @property
     def worker_processes(self) -> int:
-        """PEEPHOLE_WORKERS, or one per core when 0."""
-        return self.workers or self.cores
+        """PEEPHOLE_WORKERS, or one per two cores when 0 (measured: docs/PERFORMANCE.md)."""
+        return self.workers or max(1, self.cores // 2)
 
     @property
     def cores(self) -> int:

@@ -58,9 +58,9 @@ def create_app(
     """The app; `registry` and `store` may be given (tests, embedding), else built from settings."""
     settings = settings or Settings()
     metrics = Metrics()
-    workers, intra = thread_plan(
-        settings.cores, settings.inference_threads, settings.intra_op_threads
-    )
+    # the cores of this worker process: python -m app may run several on the machine
+    cores = max(1, settings.cores // settings.worker_processes)
+    workers, intra = thread_plan(cores, settings.inference_threads, settings.intra_op_threads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

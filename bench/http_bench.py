@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -62,10 +63,39 @@ class Result:
     p99: float
     errors: int  # non-2xx + socket errors
     requests: int = 0
+    cpu_us: float = float("nan")  # server CPU (all its processes) per request, microseconds
 
     def __str__(self) -> str:
         return (f"{self.rps:9.1f} req/s  p50 {self.p50:7.2f} ms  p99 {self.p99:7.2f} ms  "
-                f"errors {self.errors}")  # fmt: skip
+                f"errors {self.errors}  cpu {self.cpu_us:6.0f} us/req")  # fmt: skip
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) used so far by process `root` and all its descendants.
+
+    Throughput on a shared 2-core box swings with the other jobs; CPU per request barely
+    does, so it is reported next to req/s as the steadier measure of cost."""
+    parent: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(d)] = int(rest[1])
+        used[int(d)] = (int(rest[11]) + int(rest[12])) / _TICK
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += used.get(pid, 0.0)
+        todo += [c for c, p in parent.items() if p == pid]
+    return total
 
 
 def free_port() -> int:
@@ -208,7 +238,9 @@ def run_cases(svc: Service, work: Path, cases: list[str], warmup: int, duration:
         if warmup:
             w = wrk(svc.url + path, c, warmup, lua, env)
             seen += w.requests - (w.errors if case == "steps" else 0)
+        cpu0 = tree_cpu(svc.proc.pid)
         r = wrk(svc.url + path, c, duration, lua, env)
+        r.cpu_us = (tree_cpu(svc.proc.pid) - cpu0) / max(1, r.requests) * 1e6
         out[case] = r
         if case == "steps" and not svc.name.startswith("bare"):
             applied = svc.offsets(ids)
@@ -247,24 +279,55 @@ def peer_start() -> bool:
     return True
 
 
+def peer_pid() -> int | None:
+    try:
+        return int(Path("/tmp/ts-run/.model_server.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def peer_bench(warmup: int, duration: int) -> dict[str, Result]:
+    """bench.sh, read line by line; the server's CPU is sampled meanwhile, so that the CPU of
+    each case's measured part (the DURATION s before its line appears) can be told apart."""
     env = {**os.environ, "WARMUP": str(warmup), "DURATION": str(duration)}
-    out = subprocess.run(["bash", str(PEER / "bench.sh")], capture_output=True, text=True,
-                         env=env, timeout=600)  # fmt: skip
-    if out.returncode:
-        raise RuntimeError(f"peer bench.sh failed:\n{out.stdout}\n{out.stderr}")
+    pid = peer_pid()
+    samples: list[tuple[float, float]] = []
+    stop_sampling = threading.Event()
+
+    def sample() -> None:
+        while pid and not stop_sampling.is_set():
+            samples.append((time.monotonic(), tree_cpu(pid)))
+            stop_sampling.wait(0.1)
+
+    def cpu_at(t: float) -> float:
+        before = [c for ts, c in samples if ts <= t]
+        return before[-1] if before else float("nan")
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    proc = subprocess.Popen(["bash", str(PEER / "bench.sh")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
     results: dict[str, Result] = {}
-    for line in out.stdout.splitlines():
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        now = time.monotonic()
         m = re.match(r"(.*?)\s+([\d.]+) req/s\s+p50\s+([\d.]+) ms\s+p99\s+([\d.]+) ms\s+"
                      r"non-2xx (\d+)\s+socket errors (\d+)", line)  # fmt: skip
         if m:
             case = next((c for p, c in PEER_LINES.items() if m.group(1).startswith(p)), None)
             if case:
-                results[case] = Result(float(m.group(2)), float(m.group(3)), float(m.group(4)),
-                                       int(m.group(5)) + int(m.group(6)))  # fmt: skip
-                print(f"  {'TorchServe 0.12':<22} {CASES[case][0]:<32} {results[case]}")
+                r = Result(float(m.group(2)), float(m.group(3)), float(m.group(4)),
+                           int(m.group(5)) + int(m.group(6)))  # fmt: skip
+                r.requests = int(r.rps * duration)
+                cpu = cpu_at(now) - cpu_at(now - duration)
+                r.cpu_us = cpu / max(1, r.requests) * 1e6
+                results[case] = r
+                print(f"  {'TorchServe 0.12':<22} {CASES[case][0]:<32} {r}", flush=True)
         elif line.startswith(("correctness", "stateful bookkeeping")):
-            print(f"  peer {line}")
+            print(f"  peer {line.rstrip()}", flush=True)
+    stop_sampling.set()
+    if proc.wait(timeout=600):
+        raise RuntimeError(f"peer bench.sh failed: {proc.stderr.read() if proc.stderr else ''}")
     return results
 
 
@@ -280,8 +343,10 @@ def ratio_table(title: str, rounds: list[dict[str, dict[str, Result]]], num: str
             continue
         errs = sum(r[num][case].errors for r in rounds)
         cells = "  ".join(f"{x:5.2f}x" for x in rs)
+        cpu = [r[den][case].cpu_us / r[num][case].cpu_us for r in rounds if case in r.get(den, {})]
+        cpu_cells = "  ".join(f"{x:5.2f}x" for x in cpu)
         print(f"  {CASES[case][0]:<32} {cells}   range {min(rs):.2f}-{max(rs):.2f}x   "
-              f"{num} errors {errs}")  # fmt: skip
+              f"{num} errors {errs}   | CPU per request {den}/{num}: {cpu_cells}")  # fmt: skip
 
 
 def batching(repo: Path, work: Path, workers: int, warmup: int, duration: int) -> None:
@@ -314,7 +379,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: no peer, 1 s, no warm-up")
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--workers", type=int, default=0, help="0 = one per core")
+    ap.add_argument("--workers", type=int, default=0, help="0 = the service's default")
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--cases", default="t10,t1000,steps")
@@ -327,7 +392,7 @@ def main() -> int:
         print("wrk is not installed: nothing measured (apt-get install wrk)")
         return 0 if args.quick else 1
     cases = [c for c in args.cases.split(",") if c]
-    workers = args.workers or len(os.sched_getaffinity(0))
+    workers = args.workers or max(1, len(os.sched_getaffinity(0)) // 2)  # as Settings does
     if args.quick:
         args.no_peer, args.duration, args.warmup, args.rounds = True, 1, 0, 1
         workers = args.workers or 1
