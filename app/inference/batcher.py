@@ -14,9 +14,10 @@ request wait:
   under load) lands in the same batch, and a lone request runs at once;
 - while a run of this engine is in flight, new calls queue and go together when it ends
   (at most `max_size` sequences per run; the rest in the next run);
-- `max_wait_ms` > 0 additionally holds a partial batch up to that long, but only while the
-  engine is busy (a batch was dispatched less than `max_wait_ms` ago): an idle engine never
-  delays a request.
+- `max_wait_ms` > 0 additionally holds a partial batch up to that long (from its oldest
+  call), but only while fewer sequences wait than the previous run had: concurrent clients
+  come back together, so the batch is filled again; a lone client (previous run: itself) or
+  an idle engine never waits.
 Small runs (estimated under `inline_ms` from this engine's measured cost per time step) run
 on the event loop itself: for a step of a 32-cell LSTM a thread hand-off costs several times
 the run. Larger runs go to the thread pool, which ONNX Runtime (GIL released) shares with
@@ -52,7 +53,8 @@ class _Queue:
     calls: list[_Call] = field(default_factory=list)
     scheduled: bool = False
     inflight: int = 0
-    last_dispatch: float = 0.0
+    since: float = 0.0  # when the oldest waiting call arrived
+    last_size: int = 0  # sequences in the last run: the batch that concurrency here gives
     timer: asyncio.TimerHandle | None = None
     # Cost model learned from this engine's runs (<0: not measured yet): seconds per small run
     # (overhead-dominated) and seconds per sequence-step of larger runs.
@@ -164,6 +166,8 @@ class BatchingRunner:
         if q is None:
             q = self._queues[id(engine)] = _Queue()
         future: asyncio.Future[EngineResult] = loop.create_future()
+        if not q.calls:
+            q.since = time.perf_counter()
         q.calls.append(_Call(x, states, lengths, future))
         if not q.scheduled and not q.inflight:
             q.scheduled = True
@@ -181,18 +185,21 @@ class BatchingRunner:
     # -- scheduling --------------------------------------------------------------------------
 
     def _flush(self, engine: Engine, q: _Queue) -> None:
-        """Dispatch what is queued, unless a run is in flight (its end will flush)."""
+        """Dispatch what is queued, unless a run is in flight (its end will flush) or, with
+        max_wait, fewer sequences wait than the last batch had (more are likely on the way)."""
         q.scheduled = False
         if q.timer is not None:
             q.timer.cancel()
             q.timer = None
         while q.calls and not q.inflight:
-            if self.max_wait and sum(c.x.shape[0] for c in q.calls) < self.max_size:
-                wait = q.last_dispatch + self.max_wait - time.perf_counter()
-                if wait > 0:  # busy engine: hold the partial batch a little
+            if self.max_wait:
+                queued = sum(c.x.shape[0] for c in q.calls)
+                wait = q.since + self.max_wait - time.perf_counter()
+                if queued < min(self.max_size, q.last_size) and wait > 0:
                     q.timer = asyncio.get_running_loop().call_later(wait, self._flush, engine, q)
                     return
             self._dispatch(engine, q)
+            q.since = time.perf_counter()
 
     def _take(self, q: _Queue) -> list[_Call]:
         """The longest prefix of the queue within max_size sequences (at least one call)."""
@@ -207,9 +214,9 @@ class BatchingRunner:
 
     def _dispatch(self, engine: Engine, q: _Queue) -> None:
         calls = self._take(q)
-        q.last_dispatch = time.perf_counter()
         if not calls:
             return
+        q.last_size = sum(c.x.shape[0] for c in calls)
         try:
             x, states, lengths = _merge(engine, calls)
         except Exception as e:  # pragma: no cover - shapes were checked by the data plane

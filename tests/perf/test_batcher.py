@@ -156,24 +156,30 @@ def test_a_lone_call_does_not_wait_for_max_wait(engines: dict[str, Engine]) -> N
     assert max(times) < 0.1, times  # far below the 0.5 s max_wait
 
 
-def test_max_wait_coalesces_while_busy(engines: dict[str, Engine]) -> None:
-    """Calls arriving one loop round apart while the model is busy share a run."""
+def test_max_wait_refills_the_batch_of_concurrent_clients(engines: dict[str, Engine]) -> None:
+    """After a batch of 8, calls trickling in one by one are held (up to max_wait) until 8
+    wait again; a lone client's calls (previous batch: 1) are never held."""
     rec = Recorder()
-    r = BatchingRunner(1, rec, max_size=64, max_wait_ms=50)
+    r = BatchingRunner(1, rec, max_size=64, max_wait_ms=200)
     engine = engines[PLAIN]
     x = np.zeros((1, 1, engine.input_size), np.float32)
 
-    async def trickle() -> None:
-        first = asyncio.ensure_future(r(engine, x, None, None))  # runs at once (idle)
-        await asyncio.sleep(0.001)
+    async def trickle() -> float:
+        await asyncio.gather(*(r(engine, x, None, None) for _ in range(8)))  # one run of 8
         later = []
         for _ in range(8):
             later.append(asyncio.ensure_future(r(engine, x, None, None)))
-            await asyncio.sleep(0.001)
-        await asyncio.gather(first, *later)
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*later)
+        await asyncio.sleep(0.3)
+        t0 = time.perf_counter()
+        for _ in range(3):  # a lone client now: held once at most (previous batch 8), then not
+            await r(engine, x, None, None)
+        return time.perf_counter() - t0
 
     try:
-        asyncio.run(trickle())
+        lone = asyncio.run(trickle())
     finally:
         r.close()
-    assert rec.sizes[0] == 1 and max(rec.sizes[1:]) > 1, rec.sizes
+    assert rec.sizes[:2] == [8, 8], rec.sizes
+    assert rec.sizes[2:] == [1, 1, 1] and lone < 0.2 + 0.1, (rec.sizes, lone)

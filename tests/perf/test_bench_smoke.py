@@ -41,3 +41,8 @@ def test_cuda_placement_quick() -> None:
     assert "model.cuda.onnx operators" in out and "max abs diff" in out
     assert "LSTM" not in out.split("operators", 1)[1].split("\n", 1)[0]
     assert "ALL NODES ON CUDA" in out or "UNVERIFIED" in out
+
+
+def test_batching_bench_quick() -> None:
+    out = _run(sys.executable, "bench/batching.py", "--quick")
+    assert out.count("batched/unbatched") == 2 and out.count("lone client") == 2
