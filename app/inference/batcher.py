@@ -30,6 +30,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from math import isfinite
 
 import numpy as np
 
@@ -112,13 +113,18 @@ def _split(result: EngineResult, calls: list[_Call]) -> None:
         if not calls[0].future.done():
             calls[0].future.set_result(result)
         return
+    # One finiteness check for the batch (float64 sums: finite iff every entry is); when it
+    # fails, each caller's slice is checked on its own by the data plane.
+    finite = isfinite(result.y.sum(dtype=np.float64)) and all(
+        isfinite(v.sum(dtype=np.float64)) for v in result.states.values()
+    )
     off = 0
     for c in calls:
         b, t = c.x.shape[0], c.x.shape[1]
         if not c.future.done():  # a caller may have been cancelled (client gone)
             y = np.ascontiguousarray(result.y[off : off + b, :t])
             st = {k: np.ascontiguousarray(v[off : off + b]) for k, v in result.states.items()}
-            c.future.set_result(EngineResult(y, st, None))
+            c.future.set_result(EngineResult(y, st, None, finite))
         off += b
 
 

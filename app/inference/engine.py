@@ -51,6 +51,7 @@ class EngineResult:
     internals: dict[str, np.ndarray] | None = (
         None  # cell_states/cell_outputs [B,T,cells], gates [B,T,blocks,3]
     )
+    finite: bool = False  # True: y and states are known finite (checked once for a whole batch)
 
 
 def thread_plan(cores: int, workers: int = 0, intra: int = 0) -> tuple[int, int]:

@@ -183,3 +183,50 @@ def test_max_wait_refills_the_batch_of_concurrent_clients(engines: dict[str, Eng
         r.close()
     assert rec.sizes[:2] == [8, 8], rec.sizes
     assert rec.sizes[2:] == [1, 1, 1] and lone < 0.2 + 0.1, (rec.sizes, lone)
+
+
+class _Echo:
+    """An engine stand-in whose y is its input: lets a test put infinity in one caller's y."""
+
+    name, version, input_size = "echo", 1, 1
+
+    def initial_state(self, batch: int) -> dict[str, np.ndarray]:
+        return {"s": np.zeros((batch, 2), np.float32)}
+
+    def run(self, x, states=None, lengths=None, internals=False):  # type: ignore[no-untyped-def]
+        st = states if states is not None else self.initial_state(x.shape[0])
+        return EngineResult(x.copy(), {k: v + 1 for k, v in st.items()})
+
+
+def test_one_non_finite_caller_fails_alone() -> None:
+    from app.dataplane import _check_finite
+    from app.errors import InvalidInput
+
+    r = BatchingRunner(1, None, max_size=64)
+    engine = _Echo()
+    xs = [np.full((1, 2, 1), v, np.float32) for v in (1.0, np.inf, 2.0)]
+
+    async def go() -> list[EngineResult]:
+        return await asyncio.gather(*(r(engine, x, None, None) for x in xs))  # type: ignore[arg-type]
+
+    try:
+        ok1, bad, ok2 = asyncio.run(go())
+    finally:
+        r.close()
+    assert not (ok1.finite or bad.finite or ok2.finite)  # the batch held an infinity
+    _check_finite(ok1)  # checked one by one: these pass
+    _check_finite(ok2)
+    with pytest.raises(InvalidInput):
+        _check_finite(bad)
+
+    r = BatchingRunner(1, None, max_size=64)
+    try:
+        fine = asyncio.run(_all_finite(r, engine))
+    finally:
+        r.close()
+    assert all(res.finite for res in fine)
+
+
+async def _all_finite(r: BatchingRunner, engine: _Echo) -> list[EngineResult]:
+    xs = [np.full((1, 2, 1), v, np.float32) for v in (1.0, 2.0)]
+    return await asyncio.gather(*(r(engine, x, None, None) for x in xs))  # type: ignore[arg-type]
