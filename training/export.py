@@ -11,9 +11,13 @@ ONNX Runtime's CUDA provider does not run an LSTM node with peepholes) and `mode
 
 Nothing is written unless ONNX Runtime agrees with the PyTorch module: every graph is run
 on batches of 1 and 5, lengths 1, 7 and 1000, from the zero state and from a random one,
-and compared with the module evaluated in float64 on every output. The error measure is
-|ort - torch| / max(1, |torch|) (absolute for values up to 1, relative beyond, so that
-raw-unit outputs and unbounded cell states are judged fairly in float32).
+and compared with the module itself (float32, as trained and as users run it) on every
+output. The error measure is |ort - torch| / max(1, |torch|) (absolute for values up to 1,
+relative beyond, so that raw-unit outputs and unbounded cell states are judged fairly).
+Why not a float64 reference: over 1000 steps of random input a trained network's float32
+rounding alone drifts ~2e-5 from float64 (measured on a trained embedded-Reber network), so a
+1e-5 check against float64 would refuse correct exports; float32 ORT vs float32 PyTorch
+stays below 1e-5 there, while a lowering bug shows as errors of 1e-3 and more.
 
 The module is trained in normalised units; the graph takes and returns raw units: with
 `normalization`, x_norm = (x - input_mean) / input_std feeds the network, and a linear
@@ -139,13 +143,14 @@ def _cases(model: PeepholeLSTM, norm: Normalization | None) -> Iterable[tuple[st
 
 
 def _torch_reference(model: PeepholeLSTM, feeds: dict, norm: Normalization | None) -> dict:
-    """The module in float64 on the raw-unit feeds, named like the graph outputs."""
-    x = torch.from_numpy(feeds["x"].astype(np.float64))
+    """The module on the raw-unit feeds (in its own dtype), named like the graph outputs."""
+    dtype = next(model.parameters()).dtype
+    x = torch.from_numpy(feeds["x"]).to(dtype)
     if norm is not None:
         mean, std = (torch.tensor(v, dtype=x.dtype) for v in (norm.input_mean, norm.input_std))
         x = (x - mean) / std
     state = {
-        st.name: torch.from_numpy(feeds[st.input].astype(np.float64))
+        st.name: torch.from_numpy(feeds[st.input]).to(dtype)
         for st in state_layout(model.config.to_architecture())
     }
     with torch.no_grad(), single_thread():
@@ -172,7 +177,7 @@ def verify(
 ) -> dict[str, dict[str, float]]:
     """Max error per graph and output over all cases; raises ExportMismatch above tolerance."""
     normalization = _as_normalization(normalization)
-    reference = _detached_copy(model).double()
+    reference = _detached_copy(model).float()
     sessions = {k: _session(g) for k, g in graphs.items()}
     worst: dict[str, dict[str, float]] = {k: {} for k in graphs}
     failures = []
@@ -301,7 +306,7 @@ def _card(
 
 def _verification_summary(errors: dict[str, dict[str, float]], tolerance: float) -> dict[str, Any]:
     return {
-        "reference": "PyTorch module in float64",
+        "reference": "PyTorch module in float32",
         "measure": "max |ort - torch| / max(1, |torch|)",
         "batches": list(CHECK_BATCHES),
         "lengths": list(CHECK_LENGTHS),
