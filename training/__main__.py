@@ -69,7 +69,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     for task in TASKS.values():
         task.add_arguments(t)
+    _add_reproduce(sub)
+    _add_figures(sub)
     return p
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    """`reproduce`: the papers' set-ups vs ours (training/reproduce.py)."""
+    r = sub.add_parser("reproduce", help="papers' set-ups vs ours: training sequences until "
+                       "the criterion on fresh data; writes a markdown + JSON table")
+    r.add_argument("tasks", nargs="*", help="tasks (default: all reference tasks)")
+    r.add_argument("--out", type=Path, default=Path("reproduce"),
+                   help="directory for reproduce.md and reproduce.json")
+    r.add_argument("--setups", nargs="*", choices=("paper", "modern"),
+                   help="only these set-ups (default: both)")
+    r.add_argument("--max-minutes", type=float, default=3.0,
+                   help="wall-clock budget per task and set-up (default 3)")
+    r.add_argument("--max-sequences", type=int,
+                   help="budget in training units per task and set-up (default: the task's)")
+    r.add_argument("--eval-every", type=int,
+                   help="training units between criterion checks (default: the task's)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--quick", action="store_true",
+                   help="smoke mode for tests: short data, 2 checks, tiny budget")
+    r.add_argument("--quiet", action="store_true", help="no per-check log lines")
+
+
+def _add_figures(sub: argparse._SubParsersAction) -> None:
+    """`figures`: the docs/QUALITY.md plots from the shipped models (training/figures.py)."""
+    f = sub.add_parser("figures", help="plots of the shipped models for docs/QUALITY.md")
+    f.add_argument("--models", type=Path, default=Path("models"), help="model repository")
+    f.add_argument("--out", type=Path, default=Path("docs/img/quality"), help="PNG directory")
+    f.add_argument("--reproduce", type=Path, default=Path("docs/quality/reproduce.json"),
+                   help="reproduce.json whose curves to plot (skipped if missing)")
+    f.add_argument("--seed", type=int, default=123, help="seed of the fresh data shown")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, task in TASKS.items():
             print(f"{name:<{width}}  {task.description}")
         return 0
+    if args.command == "reproduce":
+        from training.reproduce import main as reproduce_main
+
+        return reproduce_main(args, command=shlex.join(["python", "-m", "training", *argv]))
+    if args.command == "figures":
+        from training.figures import main as figures_main
+
+        return figures_main(args)
 
     from training.train import TrainConfig, train  # torch import only when training
 
