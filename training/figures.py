@@ -281,8 +281,13 @@ def adding_msd_figure(repo: Path, out: Path, seed: int) -> dict[str, Any]:
     axes[1].scatter(idx, ym[times[1:]], s=3, c=np.where(delays == 1, "C1", "C0"))
     axes[1].axhline(0.5, color="k", lw=0.8)
     err = np.abs(ym[times[1:]] - delays)
-    axes[1].set_title(f"MSD: output at each of {len(idx)} fresh spikes "
-                      f"(orange: I(n) = 1), {int((err >= msd.ERROR_LIMIT).sum())} wrong")
+    bad = np.flatnonzero(err >= msd.ERROR_LIMIT)
+    axes[1].scatter(idx[bad], ym[times[1:]][bad], s=80, facecolors="none", edgecolors="r",
+                    label="wrong (|error| >= 0.49)")
+    axes[1].legend(loc="center right", fontsize=8)
+    axes[1].set_title(f"MSD: output at each of {len(idx)} fresh spikes\n"
+                      f"(orange: I(n) = 1, blue: I(n) = 0); wrong: spikes {(bad + 1).tolist()}",
+                      fontsize=10)
     axes[1].set_xlabel("spike n")
     axes[1].set_ylabel("output")
     axes[1].grid(alpha=0.3)
@@ -291,8 +296,9 @@ def adding_msd_figure(repo: Path, out: Path, seed: int) -> dict[str, Any]:
     plt.close(fig)
     return {"adding": {"sequences": len(ta), "wrong": wrong,
                        "max_abs_error": float(np.abs(ya - ta).max())},
-            "msd": {"spikes": len(idx), "wrong": int((err >= msd.ERROR_LIMIT).sum()),
-                    "max_abs_error": float(err.max())}}
+            "msd": {"spikes": len(idx), "wrong_spikes": (bad + 1).tolist(),
+                    "first_spike_step": int(times[0]),
+                    "longest_right_run": int(msd.longest_run(err < msd.ERROR_LIMIT)[0])}}
 
 
 # --------------------------------------------------------------- curves
@@ -302,9 +308,13 @@ def training_curves_figure(repo: Path, out: Path, names: list[str]) -> None:
         m = Served(repo, name)
         hist = json.loads((m.dir / "metrics.json").read_text())["history"]
         ep = [h["epoch"] for h in hist]
-        ax.semilogy(ep, [h["train_loss"] for h in hist], label="train")
-        ax.semilogy(ep, [h["val_loss"] for h in hist], label="validation")
-        ax.set_title(f"{name}/{m.dir.name}", fontsize=9)
+        mk = "o-" if len(ep) < 40 else "-"  # a one-epoch run is one point per curve
+        ax.semilogy(ep, [h["train_loss"] for h in hist], mk, label="train")
+        ax.semilogy(ep, [h["val_loss"] for h in hist], mk, label="validation")
+        met = json.loads((m.dir / "metrics.json").read_text())
+        seen = (f"{met['time_steps']:,} stream steps" if met["hyperparameters"]["stateful"]
+                else f"{met['sequences']:,} sequences")
+        ax.set_title(f"{name}/{m.dir.name}: {seen}", fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("loss")

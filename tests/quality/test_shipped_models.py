@@ -83,8 +83,16 @@ def test_msd_1000_consecutive_fresh_spikes_right():
     assert len(times) > 1000
     y = _run(card, sess, x[None])[0, :, 0]
     delays = np.diff(times) - 10  # I(n), recomputed from the spike times
-    err = np.abs(y[times[1:1001]] - delays[:1000])
-    assert err.max() < 0.49, f"{int((err >= 0.49).sum())} of 1000 spikes wrong"
+    ok = np.abs(y[times[1:]] - delays) < 0.49
+    # Gers 2002's criterion: 1,000 CONSECUTIVE spikes right. (From the zero state the very
+    # first interval can be misjudged when the train starts with a spike at step 0 or 1:
+    # measured on 8 of 61 fresh trains, spike 1 only; docs/QUALITY.md, open problems.)
+    run = best = 0
+    for v in ok:
+        run = run + 1 if v else 0
+        best = max(best, run)
+    assert best >= 1000, f"longest run {best}; {int((~ok).sum())} of {len(ok)} spikes wrong"
+    assert ok[1:].all(), "after the first spike every spike of this train is right"
 
 
 @pytest.mark.parametrize("name", ["embedded-reber", "adding", "msd"])
