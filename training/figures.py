@@ -173,9 +173,11 @@ def mackey_glass_figures(repo: Path, out: Path) -> dict[str, Any]:
     fig.tight_layout()
     fig.savefig(out / "mackey_glass_horizons.png", dpi=90)
     plt.close(fig)
+    dev = np.abs(np.array(free) - test[t0 + 1 : t0 + 1 + n_free])
+    off = np.flatnonzero(dev > 0.1)
     res["free_run"] = {"from_sample": t0, "steps": n_free,
-                       "rmse_first_50": float(np.sqrt(np.mean(
-                           (np.array(free[:50]) - test[t0 + 1 : t0 + 51]) ** 2)))}
+                       "rmse_first_50": float(np.sqrt(np.mean(dev[:50] ** 2))),
+                       "samples_until_error_above_0.1": int(off[0]) + 1 if len(off) else None}
     return res
 
 

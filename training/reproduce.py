@@ -62,9 +62,14 @@ class Setup:
     batch: int
     clip: float | None = None
     plateau: bool = False  # halve lr when the fresh-data loss stalls for 3 checks
+    cosine: int | None = None  # anneal lr to lr/1000 over this many units (cosine)
     chunk: int = 100  # stateful tasks: truncated-BPTT chunk (steps)
     pos_weight: float = 1.0
     lr_source: str = ""  # where the learning rate comes from (paper / assumed)
+    # "sse": the papers' objective, 0.5 * summed squared error of the (activated) outputs,
+    # which their learning rates are for; "mean": the task's loss averaged over the counted
+    # steps (mse, or bce on logits), as in training/train.py.
+    objective: str = "mean"
     note: str = ""
 
 
@@ -236,7 +241,8 @@ def specs(quick: bool = False) -> dict[str, Spec]:
             name="embedded-reber", loss="bce", unit="strings",
             paper=Setup("paper", {**LSTM1997, "blocks": 4, "cells_per_block": 2,
                                   "init_range": 0.2, "gate_bias_step": 1.0},
-                        "sgd", 0.5, 1, lr_source="1997 Table 1 (4 blocks x 2 cells, lr 0.5)"),
+                        "sgd", 0.5, 1, objective="sse",
+                        lr_source="1997 Table 1 (4 blocks x 2 cells, lr 0.5)"),
             # Measured: 8 one-cell blocks without forget gates learn the long-range T/P
             # dependency sooner than 4 x 2 with them; batch 1 because strings are counted.
             modern=Setup("modern", {"blocks": 8, "cells_per_block": 1, "forget_gate": False,
@@ -251,14 +257,16 @@ def specs(quick: bool = False) -> dict[str, Spec]:
             name="adding", loss="mse", unit="sequences",
             paper=Setup("paper", {**LSTM1997, "blocks": 2, "cells_per_block": 2,
                                   "init_range": 0.1, "gate_bias_step": 3.0},
-                        "sgd", 0.5, 1, lr_source="1997 experiment 4 (2 blocks x 2 cells, lr 0.5)"),
+                        "sgd", 0.5, 1, objective="sse",
+                        lr_source="1997 experiment 4 (2 blocks x 2 cells, lr 0.5)"),
             # Measured: with forget gates (bias 2) this net sat on the predict-the-mean
             # plateau; without them (the 1997 cell) and with staggered gate biases it leaves
             # it within ~10,000 sequences.
             modern=Setup("modern", {"blocks": 2, "cells_per_block": 2, "forget_gate": False,
                                     "gate_bias_step": 1.0, "g": "logistic2",
                                     "h": "logistic2", "output_activation": "logistic"},
-                         "adam", 1e-2, 16, clip=1.0, plateau=True, lr_source="ours"),
+                         "adam", 1e-2, 16, clip=1.0, cosine=70_000, lr_source="ours",
+                         note="cosine decay over 70,000 sequences, as models/adding/1"),
             figure="<= 1 wrong of 2,560 after 74,000 training sequences (1997, Table 7)",
             criterion="<= 1 of 2,560 fresh sequences with |error| >= 0.04",
             metric_name="wrong", eval_every=2000, max_units=300_000,
@@ -269,6 +277,7 @@ def specs(quick: bool = False) -> dict[str, Spec]:
                                   "h": "identity", "output_activation": "logistic",
                                   "init_range": 0.1},
                         "sgd", 0.1, 1, chunk=25,
+                        objective="sse",
                         lr_source="assumed (Gers 2002's rate not in MODEL.md)"),
             # The task's set-up (training/tasks/msd.py): 4 tanh blocks, 25-step chunks.
             modern=Setup("modern", {"blocks": 4, "cells_per_block": 1, "g": "tanh",
@@ -288,6 +297,7 @@ def specs(quick: bool = False) -> dict[str, Spec]:
                                   "h": "logistic2", "output_activation": "logistic",
                                   "init_range": 0.1},
                         "sgd", 0.1, 1, chunk=50,
+                        objective="sse",
                         lr_source="assumed (lnsc's rate not in MODEL.md)"),
             modern=Setup("modern", {"blocks": 2, "cells_per_block": 2, "g": "logistic2",
                                     "h": "logistic2", "output_activation": "logistic",
@@ -304,7 +314,8 @@ def specs(quick: bool = False) -> dict[str, Spec]:
             paper=Setup("paper", {"blocks": 4, "cells_per_block": 1, "g": "logistic2",
                                   "h": "logistic2", "output_activation": "linear",
                                   "init_range": 0.1},
-                        "sgd", 1e-2, 1, lr_source="assumed (2001's rate not in MODEL.md)"),
+                        "sgd", 1e-2, 1, objective="sse",
+                        lr_source="assumed (2001's rate not in MODEL.md)"),
             modern=Setup("modern", {"blocks": 16, "cells_per_block": 1, "g": "tanh",
                                     "h": "tanh", "output_activation": "linear",
                                     "input_to_output": True, "forget_bias": 1.0},
@@ -371,8 +382,12 @@ def run_one(spec: Spec, setup: Setup, *, seed: int, max_minutes: float,
             batch = spec.sample(rng, setup.batch)
             xb, yb, mb = (torch.from_numpy(a) for a in (batch.x, batch.y, batch.mask))
             step_units = setup.batch
-        out, new_state = model(xb, state, return_preactivation=spec.loss != "mse")
-        loss = masked_loss(spec.loss, out, yb, mb, setup.pos_weight)
+        if setup.objective == "sse":
+            out, new_state = model(xb, state)
+            loss = 0.5 * (((out - yb) ** 2).sum(dim=-1) * mb).sum()
+        else:
+            out, new_state = model(xb, state, return_preactivation=spec.loss != "mse")
+            loss = masked_loss(spec.loss, out, yb, mb, setup.pos_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if setup.clip is not None:
@@ -380,6 +395,10 @@ def run_one(spec: Spec, setup: Setup, *, seed: int, max_minutes: float,
         opt.step()
         updates += 1
         units += step_units
+        if setup.cosine:
+            frac = min(1.0, units / setup.cosine)
+            for g in opt.param_groups:
+                g["lr"] = setup.lr * (1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * frac)))
         if spec.stateful:
             state = {k: v.detach() for k, v in new_state.items()}
         if units >= next_check:
@@ -414,7 +433,11 @@ def run_one(spec: Spec, setup: Setup, *, seed: int, max_minutes: float,
         "test": {"ok": final.ok, spec.metric_name: final.metric, **final.detail},
         "figure": spec.figure, "criterion": spec.criterion,
         "optimizer": setup.optimizer, "lr": setup.lr, "lr_source": setup.lr_source,
+        "objective": setup.objective,
         "batch": setup.batch, "clip": setup.clip, "architecture": setup.arch,
+        "schedule": (f"cosine over {setup.cosine:,} {spec.unit}" if setup.cosine
+                     else "plateau (halve after 3 stalled checks)" if setup.plateau
+                     else "constant"),
         "curve": curve, "seed": seed,
     }
 
@@ -437,10 +460,24 @@ def table_markdown(rows: list[dict[str, Any]]) -> str:
         metric = {k: v for k, v in t.items() if k not in ("ok",)}
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in metric.items())
         setup = (f"{r['setup']}: {r['optimizer']} lr {r['lr']:g}, batch {r['batch']}"
-                 + (f", clip {r['clip']:g}" if r["clip"] else ""))
+                 + (f", clip {r['clip']:g}" if r["clip"] else "")
+                 + (", summed squared error" if r["objective"] == "sse" else "")
+                 + (f", {r['schedule']}" if r["schedule"].startswith("cosine") else "")
+                 + f"; {_arch(r['architecture'])}")
         lines.append(f"| {r['task']} | {setup} | {until} ({r['seconds']:.0f} s) | "
                      f"{'met' if t['ok'] else 'not met'}: {shown} | {r['figure']} |")
     return "\n".join(lines) + "\n"
+
+
+def _arch(a: dict[str, Any]) -> str:
+    """Blocks x cells and the cell's distinguishing knobs, short."""
+    parts = [f"{a.get('blocks', 2)}x{a.get('cells_per_block', 1)}"]
+    if a.get("forget_gate") is False:
+        parts.append("no forget gate")
+    if a.get("peepholes") is False:
+        parts.append("no peepholes")
+    parts.append(f"g {a.get('g', 'logistic2')}, h {a.get('h', 'logistic2')}")
+    return " ".join(parts[:1]) + (", " + ", ".join(parts[1:]) if parts[1:] else "")
 
 
 def _fmt(v: Any) -> str:
