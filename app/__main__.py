@@ -61,6 +61,13 @@ def factory() -> FastAPI:
     settings = Settings()
     _logging(settings)
     _die_with_supervisor()
+    if settings.session_store == "memory" and not os.environ.get(_SUPERVISOR):
+        # Started by another process manager (uvicorn --workers N, gunicorn): this process
+        # cannot know whether it has siblings, so it says what per-process sessions mean.
+        log.warning(
+            "sessions are kept in this process only; with several workers use "
+            "PEEPHOLE_SESSION_STORE=shared (and one PEEPHOLE_SHARED_STORE_DIR) or redis"
+        )
     return create_app(settings)
 
 

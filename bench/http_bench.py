@@ -251,7 +251,8 @@ def run_cases(svc: Service, work: Path, cases: list[str], warmup: int, duration:
             if not 0 <= applied - seen <= 2 * c:
                 print("    STEP BOOKKEEPING MISMATCH")
                 out[case].errors += 1
-        print(f"  {svc.name:<22} {CASES[case][0]:<32} {r}", flush=True)
+        label = CASES[case][0] if c == CASES[case][1] else f"{case}, {c} connection(s)"
+        print(f"  {svc.name:<22} {label:<32} {r}", flush=True)
     return out
 
 
