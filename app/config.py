@@ -5,6 +5,7 @@ Validators refuse unsafe or inconsistent values at start rather than at the firs
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -94,8 +95,16 @@ class Settings(BaseSettings):
 
     @property
     def cores(self) -> int:
-        """CPU cores this process may use (respects affinity / container CPU sets)."""
+        """CPU cores this process may use: affinity / CPU sets, and a container's CPU quota
+        (cgroup v2 `cpu.max`), which affinity does not show (--cpus=2 on a 32-core host)."""
         try:
-            return max(1, len(os.sched_getaffinity(0)))
+            n = len(os.sched_getaffinity(0))
         except AttributeError:  # pragma: no cover - non-Linux
-            return max(1, os.cpu_count() or 1)
+            n = os.cpu_count() or 1
+        try:
+            quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+            if quota != "max":
+                n = min(n, math.ceil(int(quota) / int(period)))
+        except (OSError, ValueError):
+            pass
+        return max(1, n)
