@@ -8,8 +8,8 @@ to FastAPI unchanged. It runs before FastAPI's own per-request work (telemetry c
 middleware stack, routing), from `PeepholeAPI.__call__` in app/main.py.
 
 Same semantics as the FastAPI routes: it runs the same route body for predict
-(`app.api.predict._predict`) and, for steps, what `app.api.sessions.apply_steps` does with
-one store access instead of two (`DataPlane.step_json`), on the same parsed JSON, and
+(`app.api.predict._predict`) and for steps (`app.api.sessions.apply_steps`, one store
+access per chunk through `DataPlane.step_json`), on the same parsed JSON, and
 does what the three middlewares do, in their order: metrics by route template (outermost,
 so it sees 401 and 413 too), API keys (before any body is read), the body limit (declared
 Content-Length, then streamed bytes; 413 with `Connection: close`). Errors go through the
@@ -29,12 +29,12 @@ from starlette.datastructures import State
 from starlette.types import Receive, Scope, Send
 
 from app.api.predict import _predict
+from app.api.sessions import apply_steps
 from app.auth import bearer, key_matches
 from app.codec import decode_json
 from app.dataplane import DataPlane
 from app.errors import PayloadTooLarge, Unauthorized, as_peephole
 from app.metrics import Metrics
-from app.schemas import StepRequest
 
 log = logging.getLogger("peephole.fastpath")
 
@@ -53,17 +53,7 @@ async def _predict_route(dp: DataPlane, params: list[str], body: Any) -> dict[st
 
 
 async def _steps_route(dp: DataPlane, params: list[str], body: Any) -> dict[str, Any]:
-    """`apply_steps` (app/api/sessions.py) with one store access instead of two."""
-    req = StepRequest.model_validate(body)
-    r = await dp.step_json(params[0], req.inputs, req.offset, req.return_internals)
-    out: dict[str, Any] = {
-        "session_id": params[0],
-        "offset": r.session.offset,
-        "outputs": r.outputs,
-    }
-    if r.internals is not None:
-        out["internals"] = r.internals
-    return out
+    return await apply_steps(dp, params[0], body)
 
 
 def match(path: str) -> tuple[str, Handler, list[str]] | None:

@@ -26,11 +26,12 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 
 async def apply_steps(dp: DataPlane, session_id: str, body: Any) -> dict[str, Any]:
-    """One chunk, from a parsed JSON body to the response body (shared by HTTP and WS)."""
+    """One chunk, from a parsed JSON body to the response body (HTTP, fast path and WS).
+
+    `step_json` checks the chunk against the session's model inside its one store access.
+    """
     req = StepRequest.model_validate(body)
-    _, engine = await dp.session_engine(session_id)
-    x = codec.sequence(req.inputs, engine.input_size, "inputs", dp.settings.max_steps)
-    r: StepResult = await dp.step(session_id, x, req.offset, req.return_internals)
+    r: StepResult = await dp.step_json(session_id, req.inputs, req.offset, req.return_internals)
     out: dict[str, Any] = {
         "session_id": session_id,
         "offset": r.session.offset,
