@@ -7,15 +7,21 @@ only way to change a session, and two `locked` blocks on one session never overl
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+log = logging.getLogger("peephole.sessions")
 
 
 def now() -> float:
@@ -70,6 +76,34 @@ class Session:
 
     def forget_last_chunk(self) -> None:
         self.last_offset = self.last_digest = self.last_outputs = self.last_internals = None
+
+
+class Sweeper:
+    """Calls `sweep()` every `seconds` in the background; an error is logged, never fatal."""
+
+    def __init__(self, sweep: Callable[[], object], seconds: float) -> None:
+        self._sweep = sweep
+        self.seconds = seconds
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._forever(), name="session-sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.seconds)
+            try:
+                self._sweep()
+            except Exception:  # never let the sweeper die
+                log.exception("session sweep failed")
 
 
 @runtime_checkable

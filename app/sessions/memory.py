@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from app.errors import CapacityReached, SessionNotFound
-from app.sessions.base import Session, now
+from app.sessions.base import Session, Sweeper, now
 
 log = logging.getLogger("peephole.sessions")
 
@@ -26,18 +26,13 @@ class MemorySessionStore:
         self.sweep_seconds = sweep_seconds
         self._sessions: dict[str, Session] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = Sweeper(self.sweep, sweep_seconds)
 
     async def start(self) -> None:
-        if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep_forever(), name="session-sweeper")
+        self._sweeper.start()
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await self._sweeper.stop()
 
     async def ping(self) -> None:
         return None
@@ -59,16 +54,6 @@ class MemorySessionStore:
         for sid in gone:
             self._drop(sid)
         return len(gone)
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.sweep_seconds)
-            try:
-                n = self.sweep()
-                if n:
-                    log.debug("expired %d sessions", n)
-            except Exception:  # never let the sweeper die
-                log.exception("session sweep failed")
 
     def _drop(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)

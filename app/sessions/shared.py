@@ -47,7 +47,7 @@ import numpy as np
 import orjson
 
 from app.errors import CapacityReached, SessionNotFound, StoreConflict, StoreUnavailable
-from app.sessions.base import Session, now
+from app.sessions.base import Session, Sweeper, now
 
 log = logging.getLogger("peephole.sessions.shared")
 
@@ -176,7 +176,7 @@ class SharedSessionStore:
         self._layout_ids: dict[bytes, int] = {}
         self._layout_of: dict[tuple[tuple[str, tuple[int, ...]], ...], int] = {}
         self._locks: dict[str, list[Any]] = {}  # id -> [asyncio.Lock, users]
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = Sweeper(self.sweep, sweep_seconds)
         self._pid = os.getpid()
         self._notify: socket.socket | None = None
         self._sender: socket.socket | None = None
@@ -390,15 +390,10 @@ class SharedSessionStore:
     async def start(self) -> None:
         if self._notify is None:
             self._open_notify()
-        if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep_forever(), name="session-sweeper")
+        self._sweeper.start()
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+        await self._sweeper.stop()
         if self._notify is not None:
             asyncio.get_running_loop().remove_reader(self._notify.fileno())
             self._notify.close()
@@ -422,14 +417,6 @@ class SharedSessionStore:
                     return gone
                 self._remove(int(expired[0]))  # shifting may move the others: look again
                 gone += 1
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.sweep_seconds)
-            try:
-                self.sweep()
-            except Exception:  # never let the sweeper die
-                log.exception("session sweep failed")
 
     async def count(self) -> int:
         self.sweep()
