@@ -101,8 +101,10 @@ def _add_figures(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser("figures", help="plots of the shipped models for docs/QUALITY.md")
     f.add_argument("--models", type=Path, default=Path("models"), help="model repository")
     f.add_argument("--out", type=Path, default=Path("docs/img/quality"), help="PNG directory")
-    f.add_argument("--reproduce", type=Path, default=Path("docs/quality/reproduce.json"),
-                   help="reproduce.json whose curves to plot (skipped if missing)")
+    f.add_argument("--reproduce", type=Path, nargs="*",
+                   default=[Path("docs/quality/a/reproduce.json"),
+                            Path("docs/quality/b/reproduce.json")],
+                   help="reproduce.json files whose curves to plot (missing ones skipped)")
     f.add_argument("--seed", type=int, default=123, help="seed of the fresh data shown")
 
 

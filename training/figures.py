@@ -326,8 +326,8 @@ def training_curves_figure(repo: Path, out: Path, names: list[str]) -> None:
     plt.close(fig)
 
 
-def reproduce_curves_figure(path: Path, out: Path) -> None:
-    rows = json.loads(path.read_text())["rows"]
+def reproduce_curves_figure(paths: list[Path], out: Path) -> None:
+    rows = [r for p in paths for r in json.loads(Path(p).read_text())["rows"]]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.8 * len(tasks), 3.5), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
@@ -368,8 +368,9 @@ def main(args: argparse.Namespace) -> int:
         numbers["embedded_reber"] = embedded_reber_figure(repo, out, args.seed)
     if "adding" in shipped and "msd" in shipped:
         numbers.update(adding_msd_figure(repo, out, args.seed))
-    if args.reproduce and Path(args.reproduce).exists():
-        reproduce_curves_figure(Path(args.reproduce), out)
+    found = [p for p in (args.reproduce or []) if Path(p).exists()]
+    if found:
+        reproduce_curves_figure(found, out)
     (out / "figures.json").write_text(json.dumps(numbers, indent=2) + "\n")
     print(json.dumps(numbers, indent=2))
     return 0
