@@ -334,13 +334,17 @@ def reproduce_curves_figure(paths: list[Path], out: Path) -> None:
         for r in (r for r in rows if r["task"] == task):
             c = r["curve"]
             if c:
-                ax.plot([p["units"] for p in c], [p["loss"] for p in c],
+                ax.plot([p["units"] for p in c], [p["loss"] for p in c], "o-", ms=3,
                         label=f"{r['setup']} ({r['optimizer']} lr {r['lr']:g}, "
                               f"batch {r['batch']})")
             if r["solved_at"] is not None:
                 ax.axvline(r["solved_at"], ls=":", color=ax.lines[-1].get_color())
         ax.set_yscale("log")
-        ax.set_xscale("log")
+        units = [p["units"] for r in rows if r["task"] == task for p in r["curve"]]
+        if units and max(units) > 20 * min(units):
+            ax.set_xscale("log")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3)) if ax.get_xscale() == \
+            "linear" else None
         ax.set_title(task, fontsize=10)
         ax.set_xlabel(f"training {rows[[r['task'] for r in rows].index(task)]['unit']}")
         ax.grid(alpha=0.3, which="both")
