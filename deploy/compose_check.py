@@ -62,7 +62,8 @@ def main() -> None:
     print(f"ok   ready; serving {[m['name'] for m in models]}, using {name}")
 
     x = rng.uniform(0.5, 1.2, size=(60, n_in)).round(4)
-    whole = np.asarray(ok(c.post(f"/v1/models/{name}/predict", json={"inputs": [x.tolist()]}))["outputs"][0])
+    r = c.post(f"/v1/models/{name}/predict", json={"inputs": [x.tolist()]})
+    whole = np.asarray(ok(r)["outputs"][0])
     print(f"ok   predict T={len(x)}")
 
     sid = ok(c.post("/v1/sessions", json={"model": name}), 201)["session_id"]
@@ -73,7 +74,8 @@ def main() -> None:
         nonlocal pos
         while pos < upto:
             chunk = x[pos : min(upto, pos + size)]
-            body = ok(c.post(f"/v1/sessions/{sid}/steps", json={"inputs": chunk.tolist(), "offset": pos}))
+            step = {"inputs": chunk.tolist(), "offset": pos}
+            body = ok(c.post(f"/v1/sessions/{sid}/steps", json=step))
             outs.append(np.asarray(body["outputs"]))
             pos = body["offset"]
 
