@@ -235,11 +235,6 @@ class DataPlane:
         async with self._store_op("get"):
             return await self.store.get(session_id)
 
-    async def session_engine(self, session_id: str) -> tuple[Session, Engine]:
-        """The session and the engine of its pinned version (404 if either is gone)."""
-        s = await self.get_session(session_id)
-        return s, self.model(s.model, s.version)
-
     async def step(
         self,
         session_id: str,

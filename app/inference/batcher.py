@@ -1,6 +1,6 @@
 """Dynamic batching across requests and sessions: one ONNX Runtime run for many callers.
 
-`BatchingRunner` has the call of `ThreadPoolRunner` (the `Runner` protocol), so the data plane
+`BatchingRunner` implements the `Runner` protocol (app/inference/engine.py), so the data plane
 does not know it is there. Concurrent calls for one engine (one model version) are queued and
 run as ONE batch: inputs concatenated along batch (zero-padded in time), start states
 concatenated, per-sequence lengths passed on, so the engine's ragged run by segments

@@ -5,19 +5,15 @@ with distinct lengths l1 < l2 < ..., steps [0, l1) run for every sequence, then 
 for those still going, from their states, and so on. Each sequence's outputs and final state
 are exactly those of the sequence alone; nothing is padded through the network.
 
-`Engine.run` is synchronous and thread-safe (ONNX Runtime sessions are); `ThreadPoolRunner`
-calls it off the event loop. A dynamic batcher can later wrap the same `run`.
+`Engine.run` is synchronous and thread-safe (ONNX Runtime sessions are); a `Runner`
+(app/inference/batcher.py) calls it, coalescing concurrent requests into one run.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -265,34 +261,3 @@ class Runner(Protocol):
 
 
 Observer = Callable[[Engine, int, float], None]  # (engine, batch size, seconds)
-
-
-class ThreadPoolRunner:
-    """Runs `Engine.run` in a thread pool; reports batch size and inference time."""
-
-    def __init__(self, workers: int, observe: Observer | None = None) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="peephole-infer")
-        self._observe = observe
-
-    def _timed(self, engine: Engine, *args: object) -> EngineResult:
-        t0 = time.perf_counter()
-        result = engine.run(*args)  # type: ignore[arg-type]
-        if self._observe is not None:
-            self._observe(engine, int(args[0].shape[0]), time.perf_counter() - t0)  # type: ignore[union-attr]
-        return result
-
-    async def __call__(
-        self,
-        engine: Engine,
-        x: np.ndarray,
-        states: dict[str, np.ndarray] | None,
-        lengths: np.ndarray | None,
-        internals: bool = False,
-    ) -> EngineResult:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._pool, partial(self._timed, engine, x, states, lengths, internals)
-        )
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=False)
