@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -141,3 +143,13 @@ def test_gradients_reach_every_parameter() -> None:
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
+
+
+def test_config_declares_the_card_architecture() -> None:
+    """PeepholeConfig and the card's Architecture list the same knobs with the same defaults."""
+    arch_fields = Architecture.model_fields
+    config_fields = {f.name: f for f in dataclasses.fields(PeepholeConfig)}
+    assert set(config_fields) == set(arch_fields)
+    for name, f in config_fields.items():
+        if f.default is not dataclasses.MISSING:
+            assert f.default == arch_fields[name].default, name

@@ -215,6 +215,16 @@
     return { rows, extra: extra.length ? extra : null };
   }
 
+  // The sequence in the input box, or null after showing why it cannot be read.
+  function readSequenceOrShow() {
+    try {
+      return readSequence();
+    } catch (err) {
+      showFailure(err, "Reading the input");
+      return null;
+    }
+  }
+
   function readSequence() {
     const inputSize = card.input_size;
     const { rows, extra } = parseRows(ui.inputs.value, "Inputs", inputSize, false);
@@ -811,13 +821,8 @@
   async function runWhole() {
     clearError();
     if (!card) return;
-    let seq;
-    try {
-      seq = readSequence();
-    } catch (err) {
-      showFailure(err, "Reading the input");
-      return;
-    }
+    const seq = readSequenceOrShow();
+    if (!seq) return;
     const withInternals = ui.internals.checked && hasInternals(card);
     setState("running");
     busy(true);
@@ -861,13 +866,8 @@
   async function startLive() {
     clearError();
     if (!card || live) return;
-    let seq;
-    try {
-      seq = readSequence();
-    } catch (err) {
-      showFailure(err, "Reading the input");
-      return;
-    }
+    const seq = readSequenceOrShow();
+    if (!seq) return;
     const withInternals = ui.internals.checked && hasInternals(card);
     let session;
     setState("streaming");
