@@ -1,6 +1,6 @@
 """`python -m app`: serve the model repository with uvicorn (uvloop/httptools if present).
 
-HTTP/1.1 is uvicorn's httptools protocol with one write per response (app/httpproto.py).
+HTTP/1.1 is uvicorn's httptools protocol with one write per response (app/edge/transport.py).
 PEEPHOLE_WORKERS (0 = one per two cores) worker processes. With more than one, uvicorn runs in
 multi-process mode with the app factory `app.__main__:factory`, and sessions must be shared
 by every worker: the `memory` store then becomes the shared table of app/sessions/shared.py
@@ -51,7 +51,7 @@ def _die_with_supervisor() -> None:
 
 
 def _http_protocol() -> type:
-    from app.httpproto import CoalescingHttpToolsProtocol
+    from app.edge.transport import CoalescingHttpToolsProtocol
 
     return CoalescingHttpToolsProtocol
 

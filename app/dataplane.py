@@ -1,8 +1,8 @@
-"""The data plane: what every protocol (/v1 now, KServe v2 later) calls to do the work.
+"""The data plane: what every protocol (/v1 JSON, KServe v2) calls to do the work.
 
 Protocol routers parse their wire format into numpy and call this object; it owns the
 limits, the session rules (offsets, exactly-once retries, serialisation through the store)
-and hands inference to the runner (thread pool now, a batcher later). No HTTP here.
+and hands inference to the runner (app/inference/batcher.py). No HTTP here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from app import codec
 from app.config import Settings
 from app.errors import (
     InvalidInput,
@@ -251,27 +250,21 @@ class DataPlane:
             )
         return await self._step(session_id, lambda _: x, offset, internals)
 
-    async def step_json(
+    async def step_parsed(
         self,
         session_id: str,
-        inputs: Any,
+        parse: Callable[[Engine], np.ndarray],
         offset: int | None = None,
         internals: bool = False,
     ) -> StepResult:
-        """As `step`, with the chunk still parsed JSON `[time][input_size]` (the HTTP fast path).
+        """As `step`, with the chunk still in its wire form: `parse(engine)` turns it into [T, I].
 
-        The chunk is checked (codec.sequence: 422/413) once the session's model is known,
-        inside the one store access, where `/steps` used to read the session twice (once to
-        learn the input size, once under the lock). Errors come in the same order: unknown
-        session (404), unserved version (404), malformed chunk, missing internals, offset.
+        A protocol whose body does not say the input size (/v1 JSON) checks the chunk once the
+        session's model is known, inside the one store access, instead of reading the session
+        twice. Errors come in the same order: unknown session (404), unserved version (404),
+        malformed chunk (parse's own 422/413), missing internals, offset.
         """
-        max_steps = self.settings.max_steps
-        return await self._step(
-            session_id,
-            lambda engine: codec.sequence(inputs, engine.input_size, "inputs", max_steps),
-            offset,
-            internals,
-        )
+        return await self._step(session_id, parse, offset, internals)
 
     async def _step(
         self,

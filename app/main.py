@@ -15,18 +15,19 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from app.api.main import api_router
-from app.auth import AuthMiddleware
-from app.bodylimit import BodyLimitMiddleware
-from app.codec import NumpyJSONResponse
+from app.api.wire import NumpyJSONResponse
 from app.config import Settings
 from app.dataplane import DataPlane
+from app.edge.auth import AuthMiddleware
+from app.edge.fastpath import FastPath
+from app.edge.limits import BodyLimitMiddleware
+from app.edge.metrics import MetricsMiddleware
 from app.errors import install_error_handlers
-from app.fastpath import FastPath
 from app.inference.batcher import BatchingRunner
 from app.inference.engine import thread_plan
 from app.inference.registry import ModelRegistry
 from app.inference.repository import scan_repository
-from app.metrics import Metrics, MetricsMiddleware
+from app.metrics import Metrics
 from app.sessions import SessionStore, make_store
 
 log = logging.getLogger("peephole")
@@ -104,7 +105,7 @@ class PeepholeAPI(FastAPI):
     """FastAPI, with the hot routes answered before any of its per-request machinery.
 
     `POST .../predict` and `POST /v1/sessions/{id}/steps` go to `FastPath` (same checks,
-    bodies, errors and metrics as the routes and middlewares; see app/fastpath.py).
+    bodies, errors and metrics as the routes and middlewares; see app/edge/fastpath.py).
     """
 
     fast_path: FastPath | None = None

@@ -1,6 +1,6 @@
 """Prometheus metrics: one registry per app, fed from two places only.
 
-- `MetricsMiddleware` (ASGI) counts requests and their latency by route TEMPLATE
+- `app.edge.metrics.MetricsMiddleware` (ASGI) counts requests and their latency by route TEMPLATE
   (`/v1/sessions/{session_id}/steps`, never the raw path) and status;
 - the inference runner reports batch size and inference time per model version;
 - the data plane counts session store errors; live sessions are read at scrape time.
@@ -8,12 +8,10 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -80,34 +78,3 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class MetricsMiddleware:
-    """Request count and latency by route template and status (pure ASGI, streaming-safe)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        t0 = time.perf_counter()
-        status = {"code": 500 if scope["type"] == "http" else 1000}
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            elif message["type"] == "websocket.close":
-                status["code"] = message.get("code", 1000)
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope.get("method", "WS")
-            self.metrics.requests.labels(method, template, str(status["code"])).inc()
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - t0)

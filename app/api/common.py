@@ -1,11 +1,10 @@
-"""Shared pieces of the route modules: documented error responses, session bodies."""
+"""Shared pieces of the route modules: the documented error responses."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.schemas import ErrorBody
-from app.sessions.base import Session, iso
+from app.api.schemas import ErrorBody
 
 _WHY = {
     401: "Missing or wrong API key",
@@ -21,15 +20,3 @@ _WHY = {
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for these error codes (401 is added: any route may need a key)."""
     return {c: {"model": ErrorBody, "description": _WHY[c]} for c in sorted({401, *codes})}
-
-
-def session_body(s: Session) -> dict[str, Any]:
-    return {
-        "session_id": s.session_id,
-        "model": s.model,
-        "version": s.version,
-        "offset": s.offset,
-        "created_at": iso(s.created_at),
-        "expires_at": iso(s.expires_at),
-        "ttl_seconds": s.ttl_seconds,
-    }

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
-from app.codec import decode_json
+from app.api.wire import decode_json
 from app.config import Settings
 from app.dataplane import DataPlane
 from app.metrics import Metrics

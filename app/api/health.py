@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app.api.deps import DataPlaneDep
-from app.codec import NumpyJSONResponse
-from app.schemas import ErrorBody, Health
+from app.api.schemas import ErrorBody, Health
+from app.api.wire import NumpyJSONResponse
 
 router = APIRouter(prefix="/health", tags=["health"])
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api import health, metrics, models, predict, sessions, ui, v2
+from app.api import health, metrics, ui
+from app.api.v1 import models, predict, sessions, stream
+from app.api.v2 import router as v2
 
 api_router = APIRouter()
-for module in (health, models, predict, sessions, metrics, v2, ui):
+for module in (health, models, predict, sessions, stream, metrics, v2, ui):
     api_router.include_router(module.router)

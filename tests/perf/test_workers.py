@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from tests.service.conftest import LNSC, RepoModels, free_port
+from tests.live import free_port
+from tests.repo import LNSC, RepoModels
 
 
 class App:

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import redis
 
-from tests.redis.conftest import MODEL, RedisServer, Replica
+from tests.live import RedisServer, Replica
+from tests.redis.conftest import MODEL
 
 pytestmark = pytest.mark.redis
 RNG = np.random.default_rng(11)

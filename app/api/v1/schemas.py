@@ -1,0 +1,204 @@
+"""Request and response models of the native API (CONTRACT section 3).
+
+Numeric payloads (`inputs`, `state`) are typed `Any` for parsing, with their real JSON
+schema attached for /docs: pydantic would check millions of floats one by one, while
+app/api/v1/codec.py checks them in bulk with numpy. Everything else is validated strictly here
+(`true` is not 1, `"1"` is not 1). Responses are written by orjson directly; these models
+document them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema
+
+_NUMBER_ROWS = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
+_NESTED = {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "array"}]}}
+_STATE = {
+    "type": "object",
+    "additionalProperties": _NESTED,
+    "description": "{<state name>: nested list of the card's shape}, no batch dimension",
+    "example": {"cell_states": [0.1, -0.2], "cell_outputs": [0.05, -0.1]},
+}
+
+Batch = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "type": "array",
+            "items": _NUMBER_ROWS,
+            "minItems": 1,
+            "description": "[batch][time][input_size]; sequences may differ in length",
+        }
+    ),
+]
+Steps = Annotated[
+    Any,
+    WithJsonSchema({**_NUMBER_ROWS, "minItems": 1, "description": "[time][input_size]"}),
+]
+StateIn = Annotated[Any, WithJsonSchema({"anyOf": [_STATE, {"type": "null"}]})]
+BatchStateIn = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "array", "items": {"anyOf": [_STATE, {"type": "null"}]}},
+                {"type": "null"},
+            ],
+            "description": "one start state per sequence (null: zeros)",
+        }
+    ),
+]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ModelSummary(BaseModel):
+    name: str
+    versions: list[int]
+    default_version: int
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class ModelPublic(BaseModel):
+    """The public model card plus the version and the execution provider in use."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    version: int
+    provider: str = Field(examples=["CPUExecutionProvider"])
+    task: str
+    input_size: int
+    output_size: int
+    input_names: list[str]
+    output_names: list[str]
+    output_activation: str
+    architecture: dict[str, Any]
+    state: list[dict[str, Any]]
+    training: dict[str, Any]
+    onnx: dict[str, Any]
+
+
+# -- prediction --------------------------------------------------------------------------
+
+
+class PredictRequest(_Request):
+    """A batch of sequences; each gets its own outputs and final state, as if run alone."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [
+                {"inputs": [[[0.1], [0.2], [0.3]], [[0.5]]], "return_sequences": True},
+                {"inputs": [[[0.1], [0.2]]], "return_sequences": False, "return_state": True},
+            ]
+        },
+    )
+
+    inputs: Batch
+    return_sequences: StrictBool = True
+    state: BatchStateIn = None
+    return_state: StrictBool = False
+    return_internals: StrictBool = False
+
+
+class GateTraces(BaseModel):
+    input: list[list[float]]
+    forget: list[list[float]]
+    output: list[list[float]]
+
+
+class Internals(BaseModel):
+    """Per step: cell states and outputs [time][cells]; gate activations [time][blocks]."""
+
+    cell_states: list[list[float]]
+    cell_outputs: list[list[float]]
+    gates: GateTraces
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: int
+    outputs: list[list[list[float]] | list[float]] = Field(
+        description="[batch][time][output_size], or [batch][output_size] without return_sequences"
+    )
+    state: list[dict[str, Any]] | None = None
+    internals: list[Internals] | None = None
+
+
+# -- sessions ----------------------------------------------------------------------------
+
+
+class SessionCreate(_Request):
+    """Open a session on a model version; `state` (+ `offset`) restores an exported one."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"model": "mackey-glass", "ttl_seconds": 600}]},
+    )
+
+    model: str = Field(min_length=1, max_length=64)
+    version: StrictInt | None = Field(default=None, ge=1)
+    state: StateIn = None
+    offset: StrictInt | None = Field(default=None, ge=0)
+    ttl_seconds: StrictInt | None = Field(default=None, ge=1)
+
+
+class SessionPublic(BaseModel):
+    session_id: str
+    model: str
+    version: int
+    offset: int
+    created_at: str = Field(examples=["2024-05-01T12:00:00.000Z"])
+    expires_at: str = Field(examples=["2024-05-01T13:00:00.000Z"])
+    ttl_seconds: int
+
+
+class StepRequest(_Request):
+    """One chunk of steps. `offset`: where the client believes the session stands."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"examples": [{"inputs": [[0.1], [0.2]], "offset": 0}]},
+    )
+
+    inputs: Steps
+    offset: StrictInt | None = Field(default=None, ge=0)
+    return_internals: StrictBool = False
+
+
+class StepResponse(BaseModel):
+    session_id: str
+    offset: int
+    outputs: list[list[float]]
+    internals: Internals | None = None
+
+
+class SessionState(BaseModel):
+    session_id: str
+    model: str
+    version: int
+    offset: int
+    state: dict[str, Any]
+
+
+def request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` documenting a JSON body that the route parses itself (fast path)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": schema}},
+        }
+    }
