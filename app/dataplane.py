@@ -32,6 +32,11 @@ from app.sessions.base import Session, SessionStore, inputs_digest, new_session_
 
 T = TypeVar("T")
 
+# The largest offset a session may reach: 2**53 - 1, the largest integer every JSON client
+# (JavaScript included) reads exactly and every store holds (a signed 64-bit integer in
+# Redis and LMDB). A session stepping once a millisecond needs 285,000 years to get there.
+MAX_OFFSET = 2**53 - 1
+
 
 @dataclass
 class PredictResult:
@@ -213,6 +218,8 @@ class DataPlane:
         engine = self.model(name, version)
         if offset is not None and state is None:
             raise InvalidInput("offset is only accepted together with state (restoring a session)")
+        if offset is not None and not 0 <= offset <= MAX_OFFSET:
+            raise InvalidInput(f"offset must be between 0 and {MAX_OFFSET}")
         ttl = self.settings.session_ttl_seconds if ttl_seconds is None else ttl_seconds
         if not 1 <= ttl <= self.settings.max_ttl_seconds:
             raise InvalidInput(f"ttl_seconds must be between 1 and {self.settings.max_ttl_seconds}")
@@ -292,6 +299,8 @@ class DataPlane:
                         s, s.last_outputs, s.last_internals if internals else None, True
                     )
                 raise OffsetConflict(s.offset)
+            if s.offset + x.shape[0] > MAX_OFFSET:
+                raise InvalidInput(f"this chunk would take the offset past {MAX_OFFSET}")
             states = {k: v[None] for k, v in s.state.items()}
             r = await self.infer(engine, x[None], states, None, internals)
             ints = internals_of(r.internals, 0, x.shape[0]) if r.internals else None
@@ -335,6 +344,6 @@ class DataPlane:
         try:
             async with self._store_op("ping"):
                 await self.store.ping()
-        except StoreUnavailable as e:
-            return False, f"session store unreachable: {e.detail}"
+        except StoreUnavailable as e:  # its detail says what failed, in the store's words
+            return False, e.detail
         return True, f"{len(self.registry)} model versions loaded"

@@ -164,7 +164,8 @@ def test_redis_outage_is_503_and_recovers(replicas: list[Replica], redis_server:
     redis_server.stop()
     try:
         for c in (a, b):
-            assert c.get("/health/ready").status_code == 503
+            r = c.get("/health/ready")
+            assert r.status_code == 503 and r.json()["detail"].count("unreachable") == 1, r.text
             assert c.get("/health/live").status_code == 200
             for r in (step(c, sid, x[2:], 2), c.get(f"/v1/sessions/{sid}"),
                       c.post("/v1/sessions", json={"model": MODEL})):  # fmt: skip

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, WithJsonSchema
 
+from app.dataplane import MAX_OFFSET
+
 _NUMBER_ROWS = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
 _NESTED = {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "array"}]}}
 _STATE = {
@@ -149,7 +151,7 @@ class SessionCreate(_Request):
     model: str = Field(min_length=1, max_length=64)
     version: StrictInt | None = Field(default=None, ge=1)
     state: StateIn = None
-    offset: StrictInt | None = Field(default=None, ge=0)
+    offset: StrictInt | None = Field(default=None, ge=0, le=MAX_OFFSET)
     ttl_seconds: StrictInt | None = Field(default=None, ge=1)
 
 
@@ -173,7 +175,7 @@ class StepRequest(_Request):
     )
 
     inputs: Steps
-    offset: StrictInt | None = Field(default=None, ge=0)
+    offset: StrictInt | None = Field(default=None, ge=0, le=MAX_OFFSET)
     return_internals: StrictBool = False
 
 

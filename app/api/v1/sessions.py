@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -20,10 +21,25 @@ from app.api.v1.schemas import (
 )
 from app.api.wire import NumpyJSONResponse
 from app.dataplane import DataPlane, StepResult
+from app.errors import SessionNotFound
 from app.inference.engine import Engine
 from app.sessions.base import Session, iso
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+# The form of the ids this API hands out (app.sessions.base.new_session_id: 122 random bits).
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def own(session_id: str) -> str:
+    """`session_id` if it is a /v1 session id, else 404.
+
+    KServe v2 sequences live in the same store (under `v2:<model>:<version>:...`, ids their
+    clients choose); they belong to their protocol and are never addressable through /v1.
+    """
+    if _SESSION_ID.fullmatch(session_id) is None:
+        raise SessionNotFound(f"unknown or expired session {session_id[:80]!r}")
+    return session_id
 
 
 def session_body(s: Session) -> dict[str, Any]:
@@ -49,7 +65,7 @@ async def apply_steps(dp: DataPlane, session_id: str, body: Any) -> dict[str, An
     def parse(engine: Engine) -> np.ndarray:
         return codec.sequence(req.inputs, engine.input_size, "inputs", max_steps)
 
-    r: StepResult = await dp.step_parsed(session_id, parse, req.offset, req.return_internals)
+    r: StepResult = await dp.step_parsed(own(session_id), parse, req.offset, req.return_internals)
     out: dict[str, Any] = {
         "session_id": session_id,
         "offset": r.session.offset,
@@ -99,7 +115,7 @@ async def steps(session_id: str, body: JsonBody, dp: DataPlaneDep) -> NumpyJSONR
 )
 async def get_session(session_id: str, dp: DataPlaneDep) -> NumpyJSONResponse:
     """The session's fields with its current offset and expiry (extends its life)."""
-    return NumpyJSONResponse(session_body(await dp.get_session(session_id)))
+    return NumpyJSONResponse(session_body(await dp.get_session(own(session_id))))
 
 
 @router.get(
@@ -109,7 +125,7 @@ async def get_session(session_id: str, dp: DataPlaneDep) -> NumpyJSONResponse:
 )
 async def get_state(session_id: str, dp: DataPlaneDep) -> NumpyJSONResponse:
     """Export the state; `POST /v1/sessions` with it (and `offset`) restores the session."""
-    s = await dp.get_session(session_id)
+    s = await dp.get_session(own(session_id))
     body = {"session_id": s.session_id, "model": s.model, "version": s.version}
     return NumpyJSONResponse({**body, "offset": s.offset, "state": s.state})
 
@@ -121,11 +137,11 @@ async def get_state(session_id: str, dp: DataPlaneDep) -> NumpyJSONResponse:
 )
 async def reset(session_id: str, dp: DataPlaneDep) -> NumpyJSONResponse:
     """Back to offset 0 and the initial state."""
-    return NumpyJSONResponse(session_body(await dp.reset_session(session_id)))
+    return NumpyJSONResponse(session_body(await dp.reset_session(own(session_id))))
 
 
 @router.delete("/{session_id}", status_code=204, responses=errors(404, 503))
 async def delete(session_id: str, dp: DataPlaneDep) -> Response:
     """End the session now."""
-    await dp.delete_session(session_id)
+    await dp.delete_session(own(session_id))
     return Response(status_code=204)

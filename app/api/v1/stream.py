@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from app.api.deps import DataPlaneDep
-from app.api.v1.sessions import apply_steps
+from app.api.v1.sessions import apply_steps, own
 from app.api.wire import decode_json
 from app.errors import NotFound, PayloadTooLarge, PeepholeError, as_peephole, error_payload
 
@@ -25,7 +25,7 @@ async def stream(ws: WebSocket, session_id: str, dp: DataPlaneDep) -> None:
     `{"detail", "status"}` (the socket stays open). An unknown session: 404, close 4404."""
     await ws.accept()
     try:
-        await dp.get_session(session_id)
+        await dp.get_session(own(session_id))
     except PeepholeError as e:
         await _send(ws, error_payload(e))
         await ws.close(4404 if isinstance(e, NotFound) else 1011)

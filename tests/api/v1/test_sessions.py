@@ -261,3 +261,50 @@ def test_ttl_expiry_sliding(client: httpx.Client) -> None:
     time.sleep(1.3)
     r = client.get(f"/v1/sessions/{sid}")
     assert r.status_code == 404 and "detail" in r.json()
+
+
+def test_offsets_stay_in_the_range_every_store_holds(client: httpx.Client) -> None:
+    """Offsets are 0..2**53-1 (exact in every JSON client, an int64 in every store): past it
+    a create or a step is 422 and the session is untouched, never a 500 on a later read."""
+    top = 2**53 - 1
+    state = get_state(client, new_session(client, LNSC))["state"]
+    for bad in (2**53, 2**63, 2**64 - 1, 2**70):
+        r = client.post("/v1/sessions", json={"model": LNSC, "state": state, "offset": bad})
+        assert r.status_code == 422, (bad, r.text)
+    r = client.post("/v1/sessions", json={"model": LNSC, "state": state, "offset": top})
+    assert r.status_code == 201, r.text
+    sid = r.json()["session_id"]
+    x = [[0.1] * SIZES[LNSC][0]]
+    for kw in ({}, {"offset": top}):
+        r = steps(client, sid, x, **kw)
+        assert r.status_code == 422 and str(top) in r.json()["detail"], r.text
+    assert steps(client, sid, x, offset=2**64).status_code == 422
+    after = get_state(client, sid)
+    assert after["offset"] == top and after["state"] == state
+    assert client.get(f"/v1/sessions/{sid}").status_code == 200
+
+
+def test_v2_sequences_are_not_v1_sessions(client: httpx.Client, server: LiveServer) -> None:
+    """A KServe v2 sequence lives in the same store but no /v1 route reaches it (404), and it
+    goes on over /v2 untouched."""
+    n_in = SIZES[LNSC][0]
+
+    def infer(start: bool) -> httpx.Response:
+        body = {
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, n_in], "data": [0.5] * n_in}],
+            "parameters": {"sequence_id": 4242, "sequence_start": start},
+        }
+        return client.post(f"/v2/models/{LNSC}/infer", json=body)
+
+    assert infer(True).status_code == 200
+    for sid in (f"v2:{LNSC}:1:u:4242", f"v2%3A{LNSC}%3A1%3Au%3A4242"):
+        assert client.get(f"/v1/sessions/{sid}").status_code == 404
+        assert client.get(f"/v1/sessions/{sid}/state").status_code == 404
+        assert steps(client, sid, [[0.1] * n_in]).status_code == 404
+        assert client.post(f"/v1/sessions/{sid}/reset").status_code == 404
+        assert client.delete(f"/v1/sessions/{sid}").status_code == 404
+    from websockets.sync.client import connect
+
+    with connect(f"{server.ws_url}/v1/sessions/v2:{LNSC}:1:u:4242/stream") as ws:
+        assert '"status":404' in ws.recv().replace(" ", "")
+    assert infer(False).status_code == 200  # the sequence was neither stepped nor deleted
