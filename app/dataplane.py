@@ -344,6 +344,9 @@ class DataPlane:
         try:
             async with self._store_op("ping"):
                 await self.store.ping()
-        except StoreUnavailable as e:  # its detail says what failed, in the store's words
-            return False, e.detail
+        except StoreUnavailable as e:  # the store's own words, prefixed once
+            why = e.detail
+            return False, why if why.startswith(
+                "session store"
+            ) else f"session store unreachable: {why}"
         return True, f"{len(self.registry)} model versions loaded"

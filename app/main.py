@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
+from app.api.docs import install_docs
 from app.api.main import api_router
 from app.api.wire import NumpyJSONResponse
 from app.config import Settings
@@ -33,7 +34,24 @@ from app.sessions import SessionStore, make_store
 log = logging.getLogger("peephole")
 
 DESCRIPTION = """Serve peephole LSTM networks with ONNX Runtime: whole-sequence predictions
-and stateful streaming sessions. Errors are `{"detail": ...}`; see CONTRACT section 3."""
+and stateful streaming sessions that keep the LSTM state between calls.
+
+**Errors** are `{"detail": "..."}` on the native API (`/v1`) and `{"error": "..."}` under
+`/v2`: 401 missing or wrong key, 404 unknown model, version or session, 409 offset conflict
+(with the session's `offset`), 413 too large, 415 not JSON, 422 malformed input, 429 session
+capacity (with `Retry-After`), 503 not ready or the session store unreachable.
+
+**Keys**: when the server has API keys, send `Authorization: Bearer <key>` (the Authorize
+button here takes it). The health routes, `/ui` and these docs stay open.
+
+**WebSocket** `ws://<host>/v1/sessions/{session_id}/stream` (not listed below: OpenAPI has
+no WebSocket operations). Each text message `{"inputs": [[...], ...], "offset": <int>?,
+"return_internals": <bool>?}` is answered with the body `POST .../steps` gives
+(`{"session_id", "offset", "outputs"}`), in order, with the same offset and retry rules.
+An error is answered `{"detail", "status"}` (a 409 also carries `offset`) and the socket
+stays open; an unknown or expired session gets `{"detail", "status": 404}` and close code
+4404; a wrong key gets close code 4401 (a browser may pass `?access_token=<key>`).
+"""
 
 
 def build_registry(settings: Settings, intra_op_threads: int) -> ModelRegistry:
@@ -89,11 +107,14 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         default_response_class=NumpyJSONResponse,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(api_router)
+    install_docs(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, keys=settings.api_keys)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

@@ -1,4 +1,4 @@
-"""API keys (PEEPHOLE_API_KEYS): `Authorization: Bearer <key>` on every route but health and /ui.
+"""API keys (PEEPHOLE_API_KEYS): `Authorization: Bearer <key>` on every route but the open ones.
 
 Checked in a middleware, before any body is read, so a request without a key learns only
 401. Keys are compared with `hmac.compare_digest` against every configured key (no early
@@ -15,12 +15,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import Unauthorized, error_payload, error_response
 
-OPEN_PREFIXES = ("/health/", "/v2/health/")
-OPEN_PATHS = frozenset({"/ui", "/ui/"})
+OPEN_PREFIXES = ("/health/", "/v2/health/", "/docs/assets/")
+OPEN_PATHS = frozenset({"/ui", "/ui/", "/docs", "/redoc", "/openapi.json"})
 
 
 def is_open(path: str) -> bool:
-    """Routes that never need a key: the four health routes and the /ui page itself."""
+    """Routes that never need a key: the four health routes, the /ui page itself, and the
+    API docs (/docs, /redoc, their assets, /openapi.json), which hold no data."""
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 

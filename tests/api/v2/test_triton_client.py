@@ -152,19 +152,26 @@ def test_unknown_sequence_is_an_error(triton: th.InferenceServerClient) -> None:
         assert e.value.status() == "400" and "sequence_start" in e.value.message()
 
 
+def live_sessions(client: httpx.Client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("peephole_sessions_live "):
+            return float(line.split()[1])
+    raise AssertionError("no peephole_sessions_live in /metrics")
+
+
 def test_sequence_end_frees_state(triton: th.InferenceServerClient, client: httpx.Client) -> None:
     x = xs(LNSC, 1, 4)[0]
+    before = live_sessions(client)
     step(triton, LNSC, x, 77, sequence_start=True)
-    key = f"v2:{LNSC}:1:u:77"  # the same store as /v1 sessions
-    assert client.get(f"/v1/sessions/{key}").json()["offset"] == 4
+    assert live_sessions(client) == before + 1  # held in the same store as /v1 sessions
     step(triton, LNSC, x, 77, sequence_end=True)
-    assert client.get(f"/v1/sessions/{key}").status_code == 404
+    assert live_sessions(client) == before
     with pytest.raises(InferenceServerException) as e:
         step(triton, LNSC, x, 77)
     assert e.value.status() == "400"
     # start and end together: a one-request sequence, nothing kept
     one = step(triton, LNSC, x, 78, sequence_start=True, sequence_end=True)
-    assert client.get(f"/v1/sessions/v2:{LNSC}:1:u:78").status_code == 404
+    assert live_sessions(client) == before
     np.testing.assert_allclose(one.as_numpy("y")[0], v1_predict(client, LNSC, x[None])["outputs"][0],
                                atol=1e-6)
 
