@@ -56,6 +56,12 @@ def _http_protocol() -> type:
     return CoalescingHttpToolsProtocol
 
 
+def _ws_protocol() -> type:
+    from app.edge.websocket import GracefulWebSocketProtocol
+
+    return GracefulWebSocketProtocol
+
+
 def factory() -> FastAPI:
     """The app of one worker process (uvicorn multi-process mode)."""
     settings = Settings()
@@ -80,6 +86,7 @@ def main() -> None:
         port=settings.port,
         loop="uvloop" if have("uvloop") else "asyncio",
         http=_http_protocol() if have("httptools") else "h11",
+        ws=_ws_protocol(),
         ws_max_size=settings.max_body_bytes,
         timeout_graceful_shutdown=settings.graceful_shutdown_seconds or None,
         log_level=settings.log_level,

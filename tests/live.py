@@ -31,19 +31,27 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """uvicorn serving create_app(settings) in a thread."""
+    """uvicorn serving create_app(settings) in a thread (`uvicorn_options` override its config)."""
 
-    def __init__(self, settings: Settings, **collaborators: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        uvicorn_options: dict[str, Any] | None = None,
+        **collaborators: Any,
+    ) -> None:
         self.settings = settings
         self.app = create_app(settings, **collaborators)
         port = free_port()
         config = uvicorn.Config(
             self.app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            ws_max_size=settings.max_body_bytes,
-            lifespan="on",
+            **{
+                "host": "127.0.0.1",
+                "port": port,
+                "log_level": "warning",
+                "ws_max_size": settings.max_body_bytes,
+                "lifespan": "on",
+                **(uvicorn_options or {}),
+            },
         )
         self.server = uvicorn.Server(config)
         self.url = f"http://127.0.0.1:{port}"
