@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build and run the compose stack for real, then exercise it through the load balancer:
 #   bash deploy/compose-test.sh            # host-network stack (machines without a bridge network)
-# Needs Docker (bash ../shared/tools/docker-setup.sh on our CI box). Not run by CI.
+# Needs Docker (on a machine with no registry or bridge network: sudo bash deploy/docker-setup.sh). Not run by CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COMPOSE="docker-compose -f deploy/docker-compose.hostnet.yml -p peephole"
