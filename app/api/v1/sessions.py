@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from app.api.common import errors
 from app.api.deps import DataPlaneDep, JsonBody
@@ -21,7 +22,7 @@ from app.api.v1.schemas import (
 )
 from app.api.wire import NumpyJSONResponse
 from app.dataplane import DataPlane, StepResult
-from app.errors import SessionNotFound
+from app.errors import InvalidInput, SessionNotFound
 from app.inference.engine import Engine
 from app.sessions.base import Session, iso
 
@@ -76,14 +77,48 @@ async def apply_steps(dp: DataPlane, session_id: str, body: Any) -> dict[str, An
     return out
 
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # printable ASCII, no spaces
+
+
+def idempotent_id(request: Request) -> str | None:
+    """The session id an `Idempotency-Key` stands for, or None without the header.
+
+    The id is derived from the key (and the caller's bearer key, so tenants never meet), so
+    every replica finds the session a first attempt created without any extra record: a
+    retried create returns that session instead of opening a second one.
+    """
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if _IDEMPOTENCY_KEY.fullmatch(key) is None:
+        raise InvalidInput(f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters")
+    tenant = request.headers.get("authorization", "")
+    digest = hashlib.sha256(f"peephole-idempotency\0{tenant}\0{key}".encode()).hexdigest()
+    return digest[:32]
+
+
 @router.post(
     "",
     status_code=201,
     response_model=None,
     responses={201: {"model": SessionPublic}, **errors(404, 413, 422, 429, 503)},
-    openapi_extra=request_body(SessionCreate),
+    openapi_extra={
+        **request_body(SessionCreate),
+        "parameters": [
+            {
+                "name": IDEMPOTENCY_HEADER,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "description": "A client-chosen key (e.g. a UUID) reused on retries of this "
+                "create: a retry returns the session the first attempt made (as it stands "
+                "now, with `Idempotent-Replayed: true`) for as long as that session lives.",
+            }
+        ],
+    },
 )
-async def create_session(body: JsonBody, dp: DataPlaneDep) -> NumpyJSONResponse:
+async def create_session(body: JsonBody, request: Request, dp: DataPlaneDep) -> NumpyJSONResponse:
     """Open a session pinned to a model version (newest by default).
 
     `state` (and optionally `offset`) restores a session exported by `GET .../state`.
@@ -91,7 +126,24 @@ async def create_session(body: JsonBody, dp: DataPlaneDep) -> NumpyJSONResponse:
     req = SessionCreate.model_validate(body)
     engine = dp.model(req.model, req.version)
     state = codec.state(req.state, engine.state_specs, "state") if req.state is not None else None
-    s = await dp.create_session(engine.name, engine.version, state, req.offset, req.ttl_seconds)
+    sid = idempotent_id(request)
+    if sid is not None:
+        try:
+            s = await dp.get_session(sid)
+        except SessionNotFound:
+            pass
+        else:
+            asked = (req.model, req.version or s.version, req.ttl_seconds or s.ttl_seconds)
+            if asked != (s.model, s.version, s.ttl_seconds):
+                raise InvalidInput(
+                    f"this {IDEMPOTENCY_HEADER} opened a session on {s.model}/{s.version} "
+                    f"(ttl {s.ttl_seconds} s); a retry must ask for the same"
+                )
+            replayed = {"Idempotent-Replayed": "true"}
+            return NumpyJSONResponse(session_body(s), status_code=201, headers=replayed)
+    s = await dp.create_session(
+        engine.name, engine.version, state, req.offset, req.ttl_seconds, session_id=sid
+    )
     return NumpyJSONResponse(session_body(s), status_code=201)
 
 

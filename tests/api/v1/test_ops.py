@@ -134,3 +134,14 @@ def test_websocket_auth(auth_server: LiveServer) -> None:
             with pytest.raises(ConnectionClosed) as e:
                 ws.recv(timeout=10)
             assert e.value.rcvd is not None and e.value.rcvd.code == 4401
+
+
+def test_idempotency_keys_of_two_tenants_never_meet(auth_server: LiveServer) -> None:
+    ids = []
+    for key in ("k1", "secret-2"):
+        h = {"Authorization": f"Bearer {key}", "Idempotency-Key": "same-key"}
+        with auth_server.client(headers=h) as c:
+            first = c.post("/v1/sessions", json={"model": LNSC}).json()["session_id"]
+            assert c.post("/v1/sessions", json={"model": LNSC}).json()["session_id"] == first
+            ids.append(first)
+    assert ids[0] != ids[1]

@@ -308,3 +308,40 @@ def test_v2_sequences_are_not_v1_sessions(client: httpx.Client, server: LiveServ
     with connect(f"{server.ws_url}/v1/sessions/v2:{LNSC}:1:u:4242/stream") as ws:
         assert '"status":404' in ws.recv().replace(" ", "")
     assert infer(False).status_code == 200  # the sequence was neither stepped nor deleted
+
+
+def test_idempotency_key_makes_a_retried_create_return_the_same_session(
+    client: httpx.Client, server: LiveServer
+) -> None:
+    key = {"Idempotency-Key": "7d8c1a52-idem-test"}
+    body = {"model": LNSC, "ttl_seconds": 120}
+    first = client.post("/v1/sessions", json=body, headers=key)
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    sid = first.json()["session_id"]
+    assert steps(client, sid, [[0.1, 0.2, 0.3]], offset=0).status_code == 200
+    again = client.post("/v1/sessions", json=body, headers=key)
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["session_id"] == sid and again.json()["offset"] == 1  # as it stands now
+    # another key, or none, is another session; the same key on another model is refused
+    other = client.post("/v1/sessions", json=body, headers={"Idempotency-Key": "another"})
+    assert other.json()["session_id"] != sid
+    assert client.post("/v1/sessions", json=body).json()["session_id"] != sid
+    r = client.post("/v1/sessions", json={"model": PLAIN}, headers=key)
+    assert r.status_code == 422 and "Idempotency-Key" in r.json()["detail"]
+    for bad in ("", "x" * 256, "has space", "\u00e9t\u00e9"):
+        r = client.post("/v1/sessions", json=body, headers={"Idempotency-Key": bad.encode()})
+        assert r.status_code == 422, (bad, r.text)
+    # concurrent retries of one create: one session
+    async def burst() -> list[str]:
+        async with httpx.AsyncClient(base_url=server.url) as ac:
+            rs = await asyncio.gather(*(
+                ac.post("/v1/sessions", json=body, headers={"Idempotency-Key": "burst-1"})
+                for _ in range(8)
+            ))
+        return [r.json()["session_id"] for r in rs]
+
+    assert len(set(asyncio.run(burst()))) == 1
+    # after the session ends, the key opens a new one
+    assert client.delete(f"/v1/sessions/{sid}").status_code == 204
+    fresh = client.post("/v1/sessions", json=body, headers=key)
+    assert fresh.status_code == 201 and fresh.json()["offset"] == 0
