@@ -29,9 +29,15 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     provider: Literal["auto", "cpu", "cuda"] = "auto"
-    # memory: this host's memory (one worker: a dict; several: the shared table, see shared.py);
-    # shared: the shared table even with one worker; redis: Redis, shared by replicas.
-    session_store: Literal["memory", "shared", "redis"] = "memory"
+    # -- session store and workers (app/sessions, app/__main__.py) --------------------------
+    # memory: this process only (one worker); lmdb: a database file every process of this host
+    # that opens PEEPHOLE_LMDB_PATH shares (several workers); redis: Redis, shared by replicas.
+    session_store: Literal["memory", "lmdb", "redis"] = "memory"
+    # The lmdb store's directory; unset: `python -m app` makes a private one for the run (on
+    # /dev/shm when it has room) and removes it at exit. Set it to keep sessions across restarts
+    # or to share them with processes that another process manager starts.
+    lmdb_path: Path | None = None
+    lmdb_map_bytes: int = Field(default=4 << 30, ge=1 << 20)  # the most the lmdb file may grow to
     redis_url: str = "redis://127.0.0.1:6379/0"
     session_ttl_seconds: int = Field(default=3600, ge=1)
     max_ttl_seconds: int = Field(default=604800, ge=1)
@@ -52,10 +58,9 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(default=64, ge=1)
     store_conflict_retries: int = Field(default=100, ge=1)  # optimistic retries of one change
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
-    # Performance (docs/PERFORMANCE.md). Worker processes of `python -m app`; 0 = one per two
-    # cores (a busy worker keeps two threads running: its event loop and ONNX Runtime).
-    # With more than one, sessions must live in a store every worker shares (see app/sessions).
-    workers: int = Field(default=0, ge=0)
+    # Worker processes of `python -m app`; 0 = one per two cores. Default 1: measured best on
+    # 2 cores (docs/PERFORMANCE.md, bench/stores.py). Several need a shared session store.
+    workers: int = Field(default=1, ge=0)
     access_log: bool = False  # uvicorn's per-request log line; /metrics counts requests anyway
     # Dynamic batching: concurrent runs of one model version become one ONNX Runtime run of at
     # most this many sequences (1 = no batching); a partial batch waits at most max_wait_ms,
@@ -64,8 +69,11 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
     # Runs estimated under this many milliseconds run on the event loop (no thread hand-off).
     batch_inline_ms: float = Field(default=0.5, ge=0, le=100)
-    # Set by `python -m app` for its worker processes: where the shared session table lives.
-    shared_store_dir: Path | None = None
+
+    @field_validator("lmdb_path", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, v: object) -> object:
+        return None if v == "" else v
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -86,11 +94,17 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.session_ttl_seconds > self.max_ttl_seconds:
             raise ValueError("PEEPHOLE_SESSION_TTL_SECONDS exceeds PEEPHOLE_MAX_TTL_SECONDS")
+        if self.session_store == "memory" and self.worker_processes > 1:
+            raise ValueError(
+                f"{self.worker_processes} workers with PEEPHOLE_SESSION_STORE=memory would each "
+                "keep their own sessions; use PEEPHOLE_SESSION_STORE=lmdb (one host) or redis, "
+                "or PEEPHOLE_WORKERS=1"
+            )
         return self
 
     @property
     def worker_processes(self) -> int:
-        """PEEPHOLE_WORKERS, or one per two cores when 0 (measured: docs/PERFORMANCE.md)."""
+        """PEEPHOLE_WORKERS, or one per two cores when 0."""
         return self.workers or max(1, self.cores // 2)
 
     @property

@@ -57,15 +57,22 @@ stays open; an unknown or expired session gets `{"detail", "status": 404}` and c
 def build_registry(settings: Settings, intra_op_threads: int) -> ModelRegistry:
     scan = scan_repository(settings.model_repository)
     registry = ModelRegistry.build(scan, settings.provider, intra_op_threads)
-    log.info(
-        "serving %d model versions from %s (%d refused)",
-        len(registry),
-        settings.model_repository,
-        len(registry.refused),
-    )
-    if not len(registry):
-        log.warning("no model is served: check PEEPHOLE_MODEL_REPOSITORY")
+    log_models(settings, registry)
     return registry
+
+
+def log_models(settings: Settings, registry: ModelRegistry) -> None:
+    """The start-up lines about inference: provider, models served, models refused (why)."""
+    engines = registry.engines()
+    providers = sorted({e.provider for e in engines}) or ["none (no model loaded)"]
+    log.info("provider: %s (PEEPHOLE_PROVIDER=%s)", ", ".join(providers), settings.provider)
+    served = ", ".join(f"{e.name}/{e.version}" for e in engines)
+    log.info("models served from %s: %s", settings.model_repository, served or "none")
+    if not engines:
+        log.warning("no model is served: check PEEPHOLE_MODEL_REPOSITORY")
+    if registry.refused:
+        why = "; ".join(f"{k} ({v})" for k, v in sorted(registry.refused.items()))
+        log.warning("models refused: %s", why)
 
 
 def create_app(
@@ -84,7 +91,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         reg = registry or await asyncio.to_thread(build_registry, settings, intra)
-        st = store or make_store(settings, reg.engines())
+        st = store or make_store(settings)
         await st.start()
         runner = BatchingRunner(
             workers,

@@ -1,5 +1,5 @@
-"""`python -m app` with several worker processes: sessions shared by all workers (the shared
-table), concurrent steps exactly once, the coalescing HTTP protocol, and clean exits."""
+"""`python -m app` with several worker processes: sessions shared by all workers (the lmdb
+store), concurrent steps exactly once, the coalescing HTTP protocol, and clean exits."""
 
 from __future__ import annotations
 
@@ -24,13 +24,14 @@ from tests.repo import LNSC, RepoModels
 
 
 class App:
-    def __init__(self, repo: Path, workers: int, **env: str) -> None:
+    def __init__(self, repo: Path, workers: int, *args: str, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "PEEPHOLE_MODEL_REPOSITORY": str(repo),
                     "PEEPHOLE_PORT": str(self.port), "PEEPHOLE_PROVIDER": "cpu",
-                    "PEEPHOLE_WORKERS": str(workers), "PEEPHOLE_LOG_LEVEL": "info", **env}  # fmt: skip
-        self.proc = subprocess.Popen([sys.executable, "-m", "app"], env=self.env,
+                    "PEEPHOLE_WORKERS": str(workers), "PEEPHOLE_LOG_LEVEL": "info",
+                    "PEEPHOLE_SESSION_STORE": "lmdb", **env}  # fmt: skip
+        self.proc = subprocess.Popen([sys.executable, "-m", "app", *args], env=self.env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
         deadline = time.monotonic() + 90
         while True:
@@ -62,7 +63,8 @@ class App:
 def two(models: RepoModels) -> Iterator[App]:
     app = App(models.repo, 2)
     yield app
-    app.stop()
+    out = app.stop()
+    assert not _store(out).exists(), "SIGTERM left the private session store behind"
 
 
 def test_two_workers_share_sessions(two: App, models: RepoModels) -> None:
@@ -115,9 +117,9 @@ def test_keep_alive_websocket_and_413_through_the_coalescing_protocol(two: App) 
             assert json.loads(ws.recv(timeout=10))["offset"] == 21 + k
 
 
-def _table(log: str) -> Path:
-    line = next(ln for ln in log.splitlines() if "sessions live in the shared table" in ln)
-    return Path(line.rsplit(" ", 1)[1])
+def _store(log: str) -> Path:
+    line = next(ln for ln in log.splitlines() if "session store: lmdb at" in ln)
+    return Path(line.split("lmdb at ", 1)[1].split(" (", 1)[0])
 
 
 def test_workers_go_when_the_supervisor_is_killed(models: RepoModels) -> None:
@@ -130,12 +132,25 @@ def test_workers_go_when_the_supervisor_is_killed(models: RepoModels) -> None:
     while any(Path(f"/proc/{p}").exists() for p in workers):
         assert time.monotonic() < deadline, "orphaned workers kept running"
         time.sleep(0.1)
-    table = _table(app.proc.stdout.read() if app.proc.stdout else "")
-    shutil.rmtree(table, ignore_errors=True)  # what the killed supervisor could not remove
+    store = _store(app.proc.stdout.read() if app.proc.stdout else "")
+    shutil.rmtree(store, ignore_errors=True)  # what the killed supervisor could not remove
 
 
-def test_sigterm_removes_the_shared_table(models: RepoModels) -> None:
-    app = App(models.repo, 2)
+def test_a_kept_store_outlives_a_restart(models: RepoModels, tmp_path: Path) -> None:
+    """--lmdb-path: the store is kept at exit, and the next start serves its sessions."""
+    path = tmp_path / "sessions"
+    app = App(models.repo, 2, "--lmdb-path", str(path))
+    with httpx.Client(base_url=app.url) as c:
+        sid = c.post("/v1/sessions", json={"model": LNSC}).json()["session_id"]
+        assert (
+            c.post(f"/v1/sessions/{sid}/steps", json={"inputs": [[0.1, 0.2, 0.3]]}).json()["offset"]
+            == 1
+        )
     out = app.stop()
     assert app.proc.returncode in (0, -signal.SIGTERM), out
-    assert not _table(out).exists()
+    assert f"session store: lmdb at {path} " in out and (path / "data.mdb").exists()
+    again = App(models.repo, 1, "--lmdb-path", str(path))
+    try:
+        assert httpx.get(f"{again.url}/v1/sessions/{sid}").json()["offset"] == 1
+    finally:
+        again.stop()
