@@ -56,9 +56,10 @@ if exists == 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then
   return {0, tonumber(first[2]) - now}
 end
 local ttl = tonumber(ARGV[3])
+local rev = (tonumber(redis.call('HGET', KEYS[1], 'rev')) or -1) + 1  -- a stale CAS fails
 redis.call('DEL', KEYS[1])
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', KEYS[1], 'created_at', now, 'expires_at', now + ttl, 'rev', 0)
+redis.call('HSET', KEYS[1], 'created_at', now, 'expires_at', now + ttl, 'rev', rev)
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 return {1, now, now + ttl}
