@@ -13,8 +13,9 @@ Parts (HTTP parts use `python -m app`, wrk and the model of bench/http_bench.py)
   (16 connections), predict T=1000 (4), one-step calls over 64 sessions (64): req/s, server CPU
   per request and the 2-worker / 1-worker ratios; this is what PEEPHOLE_WORKERS' default rests on.
 - stores: 2 workers, steps over 64 sessions, baseline's store vs lmdb, rounds alternating.
-- sweep: 2 workers; 10,000 sessions that expire together, swept while 8 connections step 8
-  other sessions; wrk runs in 1 s slices, so the slice holding the sweep shows any stall.
+- sweep: 2 workers; 10,000 sessions put straight into the server's store (its API, in another
+  process) expire together and are swept while 8 connections step 8 other sessions; wrk runs
+  in 1 s slices, so the slice holding the sweep shows any stall (the server logs the sweep).
 - micro: in process, per store: a refused create at 100 and at 100,000 live sessions, a get,
   a locked change (median microseconds). `--quick`: this part only, 100 vs 5,000 (smoke run).
 """
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,25 +160,30 @@ def part_stores(repo: Path, work: Path, args: argparse.Namespace) -> None:
     )
 
 
-def _create_many(url: str, n: int, ttl: int) -> float:
-    """n sessions with `ttl`, over 16 keep-alive connections; returns seconds taken."""
-    import httpx
+def fill(kind: str, path: str, n: int, expire_at: float) -> None:
+    """n sessions that all expire at `expire_at`, straight into the store of a running server
+    (its lmdb directory or the baseline's table) through that tree's store API."""
+    import numpy as np
+
+    from app.sessions.base import Session
+
+    if kind == "lmdb":
+        from app.sessions.lmdb import LMDBSessionStore
+
+        store = LMDBSessionStore(path, 1_000_000)
+    else:
+        from app.sessions.shared import SharedSessionStore  # the baseline's table
+
+        store = SharedSessionStore(path, 100_000, state_floats=16)
 
     async def go() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=30,
-                                     limits=httpx.Limits(max_connections=16)) as c:  # fmt: skip
-            sem = asyncio.Semaphore(16)
+        for k in range(n):
+            state = {"c": np.zeros(32, np.float32)}
+            await store.create(Session(session_id=f"old{k}", model="lstm", version=1,
+                                       ttl_seconds=1, state=state,
+                                       created_at=expire_at - 1))  # fmt: skip
 
-            async def one() -> None:
-                async with sem:
-                    r = await c.post("/v1/sessions", json={"model": "lstm", "ttl_seconds": ttl})
-                    r.raise_for_status()
-
-            await asyncio.gather(*(one() for _ in range(n)))
-
-    t0 = time.monotonic()
     asyncio.run(go())
-    return time.monotonic() - t0
 
 
 def _live(url: str) -> int:
@@ -187,44 +194,45 @@ def _live(url: str) -> int:
 
 def part_sweep(repo: Path, work: Path, args: argparse.Namespace) -> None:
     print(f"\n== sweep: {SWEEP_SESSIONS} sessions expire together; 8 connections step 8 others")
-    trees = {"lmdb": (ROOT, {"PEEPHOLE_SESSION_STORE": "lmdb"})}
+    trees = {"lmdb": (ROOT, "lmdb", "PEEPHOLE_LMDB_PATH")}
     if args.baseline is not None:
-        trees = {"baseline": (args.baseline, {}), **trees}
-    first_sweep = args.sweep_after
-    for label, (root, env) in trees.items():
-        t_start = time.monotonic()
-        srv = Server(root, repo, work, 2, PEEPHOLE_SESSION_SWEEP_SECONDS=str(first_sweep), **env)
+        trees = {"baseline": (args.baseline, "shared", "PEEPHOLE_SHARED_STORE_DIR"), **trees}
+    every = args.sweep_every
+    for label, (root, kind, var) in trees.items():
+        store = work / f"store-{label}"
+        env = {var: str(store), "PEEPHOLE_SESSION_SWEEP_SECONDS": str(every)}
+        if kind == "lmdb":
+            env["PEEPHOLE_SESSION_STORE"] = "lmdb"
+        srv = Server(root, repo, work, 2, **env)
         try:
             ids = srv.sessions(8)
-            took = _create_many(srv.url, SWEEP_SESSIONS, 1)
-            if time.monotonic() - t_start > first_sweep - 3:
-                print(
-                    f"  {label}: creating took {took:.1f} s, past the first sweep; "
-                    "raise --sweep-after"
-                )
-                continue
+            expire_at = time.time() + 15  # the fill takes a few seconds; then a quiet spell
+            cmd = [sys.executable, __file__, "--fill-only", kind, str(store), str(expire_at)]
+            subprocess.run(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, check=True)
             slices: list[tuple[float, Result]] = []
-            while time.monotonic() - t_start < first_sweep + 6:
-                at = time.monotonic() - t_start
-                slices.append((at, srv.run("steps", 8, 1, ids, work)))
+            while time.time() < expire_at + 2 * every + 2:  # the sweep comes within `every` s
+                slices.append((time.time() - expire_at, srv.run("steps", 8, 1, ids, work)))
             live = _live(srv.url)
         finally:
             log = srv.close()
-        quiet = [r.p99 for at, r in slices if at < first_sweep - 2]
-        near = [(at, r) for at, r in slices if at >= first_sweep - 2]
-        worst_at, worst = max(near, key=lambda x: x[1].p99)
+        before = [r.p99 for at, r in slices if at < 0]
+        after = [(at, r) for at, r in slices if at >= 0]
+        worst_at, worst = max(after, key=lambda x: x[1].p99)
         print(
-            f"  {label:<9} created {SWEEP_SESSIONS} in {took:.1f} s; step p99 per 1 s slice "
-            f"before the sweep: median {statistics.median(quiet):.2f} ms; around it: "
-            + " ".join(f"{r.p99:.1f}" for _, r in near)
-            + " ms"
+            f"  {label:<9} step p99 per 1 s slice (ms), before the expiry: "
+            + " ".join(f"{x:.1f}" for x in before)
+            + "; from it on: "
+            + " ".join(f"{r.p99:.1f}" + ("" if r.requests else " (no reply)") for _, r in after)
         )
-        print(f"  {label:<9} worst slice around the sweep: p99 {worst.p99:.2f} ms, max "
-              f"{worst_at:.0f} s after start; live sessions after: {live}; errors "
-              f"{sum(r.errors for _, r in slices)}")  # fmt: skip
+        print(f"  {label:<9} before: median slice p99 {statistics.median(before):.2f} ms; after: "
+              f"worst slice p99 {worst.p99:.2f} ms ({worst_at:.0f} s after the expiry), "
+              f"{min(r.requests for _, r in after)} replies in the emptiest slice; live sessions "
+              f"after: {live}; errors {sum(r.errors for _, r in slices)}")  # fmt: skip
         for line in log.splitlines():
             if "swept" in line:
-                print(f"  {label:<9} log: {line.split(': ', 1)[-1]}")
+                stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+                print(f"  {label:<9} log, {stamp - expire_at:+.1f} s after the expiry: "
+                      f"{line.split(': ', 1)[-1]}")  # fmt: skip
 
 
 # -- in process -------------------------------------------------------------------------------
@@ -324,14 +332,19 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--sweep-after", type=int, default=40, help="seconds to the first sweep")
+    ap.add_argument("--sweep-every", type=int, default=5, help="sweep interval in the sweep part")
+    ap.add_argument("--fill-only", nargs=3, help=argparse.SUPPRESS)  # kind, path, expire at
     ap.add_argument("--micro-big", type=int, default=100_000, help="the larger store (micro)")
     ap.add_argument("--quick", action="store_true", help="smoke run: micro, 100 vs 5,000")
     ap.add_argument("--micro-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.micro_only:
+    if args.micro_only or args.fill_only:
         sys.path[0:1] = []  # the tree named by PYTHONPATH, not this file's
-        micro(args.micro_big)
+        if args.fill_only:
+            kind, path, expire_at = args.fill_only
+            fill(kind, path, SWEEP_SESSIONS, float(expire_at))
+        else:
+            micro(args.micro_big)
         return 0
     if args.quick:
         args.parts, args.micro_big = "micro", 5000

@@ -87,9 +87,11 @@ class Sweeper:
     `sweep(batch)` removes at most `batch` expired sessions and returns how many it removed;
     a full batch is followed by another after a yield to the event loop, so a mass expiry is
     cleared in short steps that requests (and, for a shared store, other workers) slot between.
+    64 per batch: about 0.2 ms of CPU in the lmdb store's write transaction (256: 0.6 ms), and
+    a write transaction preempted by the OS holds every worker's writes for as long.
     """
 
-    def __init__(self, sweep: Callable[[int], int], seconds: float, batch: int = 256) -> None:
+    def __init__(self, sweep: Callable[[int], int], seconds: float, batch: int = 64) -> None:
         self._sweep = sweep
         self.seconds = seconds
         self.batch = batch
@@ -108,9 +110,11 @@ class Sweeper:
 
     async def sweep_all(self) -> int:
         """Remove every expired session, batch by batch; returns how many went."""
-        total, batches, t0 = 0, 0, time.perf_counter()
+        total, batches, longest, t0 = 0, 0, 0.0, time.perf_counter()
         while True:
+            t = time.perf_counter()
             n = self._sweep(self.batch)
+            longest = max(longest, time.perf_counter() - t)
             total, batches = total + n, batches + 1
             if n < self.batch:
                 break
@@ -118,7 +122,8 @@ class Sweeper:
         if total:
             ms = (time.perf_counter() - t0) * 1e3
             level = logging.INFO if total >= 1000 else logging.DEBUG
-            log.log(level, "swept %d expired sessions in %d batches, %.0f ms", total, batches, ms)
+            log.log(level, "swept %d expired sessions in %d batches, %.0f ms (longest batch "
+                    "%.1f ms)", total, batches, ms, longest * 1e3)  # fmt: skip
         return total
 
     async def _forever(self) -> None:
