@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 from app.__main__ import FLAGS, log_startup
 from app.config import Settings
 from app.sessions import describe_store
+from tests.app.server import App
 from tests.live import free_port
 from tests.repo import RepoModels
 
@@ -74,27 +73,10 @@ def test_a_bad_value_is_one_line_and_exit_2(
 def test_flags_win_over_the_environment_and_the_start_is_logged(models: RepoModels) -> None:
     """Environment says warning level and another port; the flags say info and this port. The
     start-up lines name workers, store, auth (never the keys), provider, models and refusals."""
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PEEPHOLE_PORT": str(free_port()),
-           "PEEPHOLE_LOG_LEVEL": "warning", "PEEPHOLE_API_KEYS": "k-secret-1,k-secret-2"}  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "--port", str(port), "--log-level", "info",
-         "--model-repository", str(models.repo), "--provider", "cpu"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "did not start"
-            time.sleep(0.1)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=30)
+    app = App(models.repo, "--log-level", "info", "--model-repository", str(models.repo),
+              "--provider", "cpu", PEEPHOLE_PORT=str(free_port()), PEEPHOLE_LOG_LEVEL="warning",
+              PEEPHOLE_PROVIDER="auto", PEEPHOLE_API_KEYS="k-secret-1,k-secret-2")  # fmt: skip
+    out = app.stop()
     lines = [ln.split(": ", 1)[1] for ln in out.splitlines() if " peephole: " in ln]
     assert "workers: 1" in lines
     assert "session store: memory (in this process; sessions end with it)" in lines

@@ -4,11 +4,8 @@ store), concurrent steps exactly once, the coalescing HTTP protocol, and clean e
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,49 +16,17 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from tests.live import free_port
+from tests.app.server import App
 from tests.repo import LNSC, RepoModels
 
 
-class App:
-    def __init__(self, repo: Path, workers: int, *args: str, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "PEEPHOLE_MODEL_REPOSITORY": str(repo),
-                    "PEEPHOLE_PORT": str(self.port), "PEEPHOLE_PROVIDER": "cpu",
-                    "PEEPHOLE_WORKERS": str(workers), "PEEPHOLE_LOG_LEVEL": "info",
-                    "PEEPHOLE_SESSION_STORE": "lmdb", **env}  # fmt: skip
-        self.proc = subprocess.Popen([sys.executable, "-m", "app", *args], env=self.env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert self.proc.poll() is None and time.monotonic() < deadline, "did not start"
-            time.sleep(0.1)
-
-    def workers(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
-        pids = [int(p) for p in out.stdout.split()]
-        # uvicorn's spawn start method adds a resource tracker: keep the app workers only
-        return [p for p in pids if "resource_tracker" not in Path(f"/proc/{p}/cmdline").read_text()]
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        return self.proc.stdout.read() if self.proc.stdout else ""
+def shared(repo: Path, workers: int, *args: str) -> App:
+    return App(repo, "--workers", str(workers), "--session-store", "lmdb", *args)
 
 
 @pytest.fixture(scope="module")
 def two(models: RepoModels) -> Iterator[App]:
-    app = App(models.repo, 2)
+    app = shared(models.repo, 2)
     yield app
     out = app.stop()
     assert not _store(out).exists(), "SIGTERM left the private session store behind"
@@ -123,7 +88,7 @@ def _store(log: str) -> Path:
 
 
 def test_workers_go_when_the_supervisor_is_killed(models: RepoModels) -> None:
-    app = App(models.repo, 2)
+    app = shared(models.repo, 2)
     workers = app.workers()
     assert len(workers) == 2
     app.proc.kill()  # SIGKILL: no cleanup in the supervisor
@@ -139,7 +104,7 @@ def test_workers_go_when_the_supervisor_is_killed(models: RepoModels) -> None:
 def test_a_kept_store_outlives_a_restart(models: RepoModels, tmp_path: Path) -> None:
     """--lmdb-path: the store is kept at exit, and the next start serves its sessions."""
     path = tmp_path / "sessions"
-    app = App(models.repo, 2, "--lmdb-path", str(path))
+    app = shared(models.repo, 2, "--lmdb-path", str(path))
     with httpx.Client(base_url=app.url) as c:
         sid = c.post("/v1/sessions", json={"model": LNSC}).json()["session_id"]
         assert (
@@ -149,7 +114,7 @@ def test_a_kept_store_outlives_a_restart(models: RepoModels, tmp_path: Path) -> 
     out = app.stop()
     assert app.proc.returncode in (0, -signal.SIGTERM), out
     assert f"session store: lmdb at {path} " in out and (path / "data.mdb").exists()
-    again = App(models.repo, 1, "--lmdb-path", str(path))
+    again = shared(models.repo, 1, "--lmdb-path", str(path))
     try:
         assert httpx.get(f"{again.url}/v1/sessions/{sid}").json()["offset"] == 1
     finally:
