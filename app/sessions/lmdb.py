@@ -42,7 +42,6 @@ import tempfile
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import lmdb
 
@@ -57,7 +56,7 @@ _KEY_MAX = 400  # LMDB keys are at most 511 bytes; longer ids are stored by dige
 DEFAULT_MAP_BYTES = 4 << 30
 
 # LMDB forbids opening one environment twice in a process: stores on one path share it.
-_ENVS: dict[str, list[Any]] = {}  # realpath -> [Environment, users]
+_ENVS: dict[str, tuple[lmdb.Environment, list[int]]] = {}  # realpath -> (env, [users])
 _ENVS_LOCK = threading.Lock()
 
 
@@ -107,17 +106,17 @@ def _open_env(path: Path, map_bytes: int) -> lmdb.Environment:
                 real, map_size=map_bytes, max_dbs=3, sync=False, metasync=False,
                 writemap=_in_memory(path), readahead=False, meminit=False, max_readers=1024,
             )  # fmt: skip
-            entry = _ENVS[real] = [env, 0]
-        entry[1] += 1
+            entry = _ENVS[real] = (env, [0])
+        entry[1][0] += 1
         return entry[0]
 
 
 def _close_env(env: lmdb.Environment) -> None:
     with _ENVS_LOCK:
-        for real, entry in list(_ENVS.items()):
-            if entry[0] is env:
-                entry[1] -= 1
-                if not entry[1]:
+        for real, (known, users) in list(_ENVS.items()):
+            if known is env:
+                users[0] -= 1
+                if not users[0]:
                     del _ENVS[real]
                     env.close()
 
@@ -187,7 +186,7 @@ class LMDBSessionStore:
         for index_key in txn.cursor(db=self._expiry).iternext(values=False):
             if len(expired) >= limit or _TIME.unpack_from(index_key)[0] > t:
                 break
-            expired.append(index_key)
+            expired.append(bytes(index_key))
         for index_key in expired:
             key = index_key[_TIME.size :]
             txn.delete(key, db=self._head)
@@ -284,7 +283,7 @@ class LMDBSessionStore:
                     body = txn.get(key, db=self._body)
         except lmdb.Error as e:
             raise _unavailable(e, self) from e
-        if head is None:
+        if head is None or body is None:  # (a head never comes without its body)
             raise SessionNotFound(f"unknown or expired session {session_id!r}")
         return unpack(session_id, head, body)
 
@@ -309,7 +308,7 @@ class LMDBSessionStore:
                     body = txn.get(key, db=self._body)
             except lmdb.Error as e:
                 raise _unavailable(e, self) from e
-            if read is None or read[2] <= to_us(now()):
+            if read is None or body is None or read[2] <= to_us(now()):
                 raise SessionNotFound(f"unknown or expired session {session_id!r}")
             work = unpack(session_id, read, body)
             try:
