@@ -105,7 +105,7 @@ def critic_reference(
     us: np.ndarray,
     o: np.ndarray,
     s: np.ndarray,
-    w0: float,
+    w0: np.ndarray,
     gamma: float,
     lam: float,
     eta: float,
@@ -116,7 +116,7 @@ def critic_reference(
     reads their values at t-1, clipped to [0, 1]; zeros before the first step).
     """
     steps, cells = s.shape
-    w = np.full(2 + cells, w0)
+    w = np.array(w0, float)  # [2 + cells] initial weights
     e = np.zeros_like(w)
     xc_prev = np.zeros_like(w)
     v_prev = 0.0

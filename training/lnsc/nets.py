@@ -29,18 +29,23 @@ class Nets:
     knobs: Knobs
     theta: np.ndarray  # [N, P]
     w_critic: np.ndarray  # [N, K]
-    seeds: list[tuple[int, int]] = field(default_factory=list)  # (seed, index) per network
+    ids: list[tuple[int, str, int]] = field(default_factory=list)  # (seed, program, index)
 
     @classmethod
     def fresh(
-        cls, seed: int, indices: list[int], knobs: Knobs | None = None, dims: Dims | None = None
+        cls,
+        seed: int,
+        program: str,
+        indices: list[int],
+        knobs: Knobs | None = None,
+        dims: Dims | None = None,
     ) -> Nets:
-        """Naive networks `indices` of run `seed` (weights U[-0.1, 0.1], critic weights 0.1)."""
+        """Naive networks (weights U[-0.1, 0.1], critic weights 0.1); see `network_rng`."""
         dims = dims or Dims()
         knobs = knobs or Knobs()
-        theta = init_theta(dims, [network_rng(seed, i, "weights") for i in indices])
+        theta = init_theta(dims, [network_rng(seed, program, i, "weights") for i in indices])
         w = np.full((len(indices), dims.critic_inputs), knobs.critic_init)
-        nets = cls(dims, knobs, theta, w, [(seed, i) for i in indices])
+        nets = cls(dims, knobs, theta, w, [(seed, program, i) for i in indices])
         nets.reset()
         return nets
 
@@ -74,7 +79,7 @@ class Nets:
             self.knobs,
             self.theta[rows].copy(),
             self.w_critic[rows].copy(),
-            [self.seeds[i] for i in rows],
+            [self.ids[i] for i in rows],
         )
         out.reset()
         return out
@@ -93,14 +98,40 @@ class Nets:
         d, k = self.dims, self.knobs
         rec = np.zeros((n, steps if record else 0, record_width(d.cells, d.blocks)))
         run_block(
-            self.theta, self.sens, self.grad, self.s, self.y, self.u_trace, self.s_trace,
-            self.o_prev, self.w_critic, self.e_critic, self.xc_prev, self.v_prev, self.first,
-            self.run_len, self.met,
-            np.ascontiguousarray(x, np.float64), np.ascontiguousarray(target, np.float64),
-            np.asarray(lengths, np.int64), d.blocks, d.cells_per_block, k.alpha0, k.modulate,
-            k.traces, k.trace_lambda, k.quirk, k.learn_lstm, k.learn_critic, k.gamma,
-            k.critic_lambda, k.critic_rate, k.error_limit, k.criterion_steps, rec,
-        )  # fmt: skip
+            self.theta,
+            self.sens,
+            self.grad,
+            self.s,
+            self.y,
+            self.u_trace,
+            self.s_trace,
+            self.o_prev,
+            self.w_critic,
+            self.e_critic,
+            self.xc_prev,
+            self.v_prev,
+            self.first,
+            self.run_len,
+            self.met,
+            np.ascontiguousarray(x, np.float64),
+            np.ascontiguousarray(target, np.float64),
+            np.asarray(lengths, np.int64),
+            d.blocks,
+            d.cells_per_block,
+            k.alpha0,
+            k.modulate,
+            k.traces,
+            k.trace_lambda,
+            k.quirk,
+            k.learn_lstm,
+            k.learn_critic,
+            k.gamma,
+            k.critic_lambda,
+            k.critic_rate,
+            k.error_limit,
+            k.criterion_steps,
+            rec,
+        )
         return BlockResult(self.met.copy(), rec if record else None)
 
     def block(

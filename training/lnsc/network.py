@@ -110,11 +110,15 @@ def init_theta(dims: Dims, rngs: list[np.random.Generator], scale: float = 0.1) 
     return np.stack([r.uniform(-scale, scale, dims.params) for r in rngs])
 
 
-def network_rng(seed: int, index: int, stream: str) -> np.random.Generator:
-    """The generator of network `index` of a run with `seed`, for `stream` ("weights", "env").
+PROGRAMS = ("initial", "master", "pre", "export-check")
 
-    Each network's draws depend only on (seed, index), never on how many networks run beside
-    it, so any one network of a run can be re-made alone.
+
+def network_rng(seed: int, program: str, index: int, stream: str) -> np.random.Generator:
+    """The generator of network `index` of `program` in a run with `seed`, for `stream`
+    ("weights": its initial weights, "env": its trials).
+
+    Each network's draws depend only on (seed, program, index), never on how many networks
+    run beside it, so any one network of a run can be re-made alone.
     """
     tag = {"weights": 0, "env": 1}[stream]
-    return np.random.default_rng([seed, index, tag])
+    return np.random.default_rng([seed, PROGRAMS.index(program), index, tag])
