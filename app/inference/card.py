@@ -64,6 +64,30 @@ class StateTensor(BaseModel):
     shape: list[int]  # without the batch dimension
 
 
+class TDCritic(BaseModel):
+    """A frozen TD critic read out beside the network (the lnsc dopamine model, Rivest 2010).
+
+    Per step t: xc(t) = [x[cs_input](t), clip01(o(t-1)), clip01(s(t-1))] (o: the network's
+    output, s: its cell states), value V(t) = weights . xc(t), and the TD error
+    delta(t) = x[reward_input](t) + gamma V(t) - V(t-1), 0 on a session's first step. The
+    graph appends V and delta to y, so `output_names` ends with `outputs`; o(t-1), V(t-1) and
+    the first-step flag travel as the extra state tensors of `state_layout`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["td"] = "td"
+    cs_input: int = Field(ge=0)
+    reward_input: int = Field(ge=0)
+    gamma: float
+    weights: list[float]
+    outputs: list[str] = Field(default_factory=lambda: ["value", "td_error"])
+
+    @property
+    def state(self) -> list[tuple[str, list[int]]]:
+        return [("critic_prev_output", [1]), ("critic_prev_value", [1]), ("critic_started", [1])]
+
+
 class Normalization(BaseModel):
     """Statistics baked into the graph (x in raw units in, y in raw units out); informative here."""
 
@@ -119,6 +143,8 @@ class ModelCard(BaseModel):
     normalization: Normalization | None = None
     # How inputs and outputs encode the task's symbols or quantities (e.g. Reber one-hot order).
     encoding: dict[str, Any] | None = None
+    # Extra heads: a TD critic whose value and error follow the network's outputs in y.
+    critic: TDCritic | None = None
     training: TrainingInfo
     onnx: OnnxInfo
 
@@ -136,8 +162,17 @@ class ModelCard(BaseModel):
         if len(self.output_names) != self.output_size:
             raise ValueError("output_names must have output_size entries")
         a = self.architecture
-        if (a.input_size, a.output_size) != (self.input_size, self.output_size):
+        heads = len(self.critic.outputs) if self.critic else 0
+        if (a.input_size, a.output_size + heads) != (self.input_size, self.output_size):
             raise ValueError("architecture sizes disagree with input_size/output_size")
+        if self.critic is not None:
+            c = self.critic
+            if max(c.cs_input, c.reward_input) >= self.input_size:
+                raise ValueError("critic inputs must index the model's inputs")
+            if len(c.weights) != 2 + a.cells or a.output_size != 1:
+                raise ValueError("a TD critic reads one output and every cell: 2 + cells weights")
+            if self.output_names[a.output_size :] != c.outputs:
+                raise ValueError("output_names must end with the critic's outputs")
         if a.output_activation != self.output_activation:
             raise ValueError("architecture.output_activation disagrees with output_activation")
         return self
@@ -147,11 +182,13 @@ class ModelCard(BaseModel):
         return self.model_dump(mode="json")
 
 
-def state_layout(arch: Architecture) -> list[StateTensor]:
-    """The state tensors a network of this architecture carries, in graph order."""
+def state_layout(arch: Architecture, critic: TDCritic | None = None) -> list[StateTensor]:
+    """The state tensors a network of this architecture (and critic) carries, in graph order."""
     names = [("cell_states", [arch.cells]), ("cell_outputs", [arch.cells])]
     if arch.gate_to_gate:
         names.append(("gates", [arch.blocks, 3]))
+    if critic is not None:
+        names += critic.state
     return [StateTensor(name=n, input=f"{n}_in", output=f"{n}_out", shape=s) for n, s in names]
 
 

@@ -84,7 +84,7 @@ def load_version(path: Path, name: str, version: int) -> ModelVersion:
         raise RefusedVersion(
             f"card says {card.name}/{card.version}, directory says {name}/{version}"
         )
-    expected = [s.model_dump() for s in state_layout(card.architecture)]
+    expected = [s.model_dump() for s in state_layout(card.architecture, card.critic)]
     if [s.model_dump() for s in card.state] != expected:
         raise RefusedVersion("card's state tensors do not match its architecture")
     _check_file(path, "model.onnx", card.onnx.sha256, "graph")
