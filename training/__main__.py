@@ -110,6 +110,10 @@ def _add_figures(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["reproduce", "rivest2010"]:  # the lnsc experiment has its own options
+        from training.lnsc.reproduce import main as rivest2010_main
+
+        return rivest2010_main(argv[2:])
     args = build_parser().parse_args(argv)
     if args.command == "tasks":
         width = max(len(n) for n in TASKS)
