@@ -390,6 +390,11 @@ def export_trained(
         },
         "command": command,
         "knobs": k.as_dict(),
+        # the float64 weights the graph was built from (layout: training/lnsc/network.py)
+        "weights": {
+            "theta": master.nets.theta[n].tolist(),
+            "critic": master.nets.w_critic[n].tolist(),
+        },
     }
     return export_network(
         repo,

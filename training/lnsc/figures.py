@@ -30,7 +30,12 @@ def _per_trial(log: BlockLog, phase: int) -> np.ndarray:
         idx = np.nonzero(who == n)[0]
         rank[idx] = np.arange(len(idx))
     v = A.at_phase(w, phase)
-    return np.array([np.nanmean(v[rank == k]) for k in range(rank.max() + 1)])
+    return np.array(
+        [
+            np.nanmean(v[rank == k]) if np.isfinite(v[rank == k]).any() else np.nan
+            for k in range(rank.max() + 1)
+        ]
+    )
 
 
 def delta_learning(
@@ -150,13 +155,18 @@ def time_representation(path: Path, master: MasterResult) -> str:
         w, _ = A.windows(logs, (NORMAL,), np.array([net]))
         mean = np.nanmean(w, axis=0)
         for c in range(cells):
-            ax.plot(A.PHASES, mean[:, A.REC_FIXED + c], label=f"s{c // 2 + 1}{c % 2 + 1}")
+            s = mean[:, A.REC_FIXED + c]
+            if np.nanmax(np.abs(s)) > 25:  # saturated: h'(s) = 0, a constant output
+                ax.plot([], [], " ", label=f"s{c // 2 + 1}{c % 2 + 1} ~ {np.nanmean(s):.0f} (off)")
+                continue
+            ax.plot(A.PHASES, s, label=f"s{c // 2 + 1}{c % 2 + 1}")
         ax.plot(A.PHASES, mean[:, A.REC_O], "k--", lw=1, label="o")
         ax.axvline(TRAIN_DELAY, color="0.5", lw=0.8, ls=":")
         _, _, idx = master.nets.ids[net]
         ax.set(title=f"network {idx}", xlabel="trial step")
     axes[0][0].set_ylabel("cell state (mean over trials)")
-    axes[0][0].legend(fontsize=7)
+    for ax in axes[0]:
+        ax.legend(fontsize=7)
     _save(fig, path)
     return (
         "Memory-cell states over a normal trial after learning (blocks 980-1000) for the "
