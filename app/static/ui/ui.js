@@ -239,9 +239,10 @@
       if (targets.length !== rows.length) {
         throw new InputError(`Targets: ${targets.length} rows for ${rows.length} input steps.`);
       }
-      const bad = targets.findIndex((r) => r.length !== card.output_size || r.some((v) => v !== null && !isNum(v)));
+      const width = targetSize(card);
+      const bad = targets.findIndex((r) => r.length !== width || r.some((v) => v !== null && !isNum(v)));
       if (bad >= 0) {
-        throw new InputError(`Targets, step ${bad}: expected ${card.output_size} numbers (or null).`);
+        throw new InputError(`Targets, step ${bad}: expected ${width} numbers (or null).`);
       }
     }
     return { inputs: rows, targets };
@@ -329,28 +330,31 @@
   const GENERATORS = {
     "trace-conditioning": {
       label: "Trace conditioning trials",
-      task: "trace-conditioning",
+      tasks: ["trace-conditioning", "rivest2010"],
       inputs: 2,
-      help: "200 ms steps; inputs [CS, US]: CS = 1 at trial step 0, US = 1 at step 5 " +
-        "(1 s later); next CS 20-30 steps after the US. The last trial can be a probe. " +
-        "Target: the next step's US.",
+      help: "200 ms steps, lnsc's timings truncated to whole steps; inputs [CS, US]: a first " +
+        "interval of 20-29 silent steps, then trials with CS = 1 at trial step 0 and US = 1 at " +
+        "step 5 (1 s later), each followed by 20-29 silent steps. The last trial can be a probe " +
+        "(US at 500 ms = step 2, at 1500 ms = step 7) or an omission (CS, no US: an 8-step " +
+        "trial). Target: the next step's US.",
       params: [
         num("trials", "Normal trials first", 3, 0, 50),
         { name: "last", label: "Last trial", value: "normal",
-          options: [["normal", "normal (US at 1 s)"], ["probe500", "probe: US at 500 ms (step 3)"],
-            ["probe1500", "probe: US at 1500 ms (step 8)"], ["omission", "omission (no US)"]] },
+          options: [["normal", "normal (US at 1 s)"], ["probe500", "probe: US at 500 ms (step 2)"],
+            ["probe1500", "probe: US at 1500 ms (step 7)"], ["omission", "omission (no US)"]] },
         num("seed", "Seed", 1, 0, 1e9),
       ],
       make(p) {
         const r = rng(p.seed);
         const delays = [];
         for (let i = 0; i < p.trials; i++) delays.push(5);
-        delays.push({ normal: 5, probe500: 3, probe1500: 8, omission: null }[p.last]);
+        delays.push({ normal: 5, probe500: 2, probe1500: 7, omission: null }[p.last]);
         const onsets = [];
-        let t = r.int(1, 10);
+        let t = r.int(20, 29);
         for (let i = 0; i < delays.length; i++) {
           onsets.push(t);
-          if (i < delays.length - 1) t += 5 + r.int(20, 30);
+          const length = delays[i] === null ? 8 : delays[i] + 1;
+          if (i < delays.length - 1) t += length + r.int(20, 29);
         }
         const steps = t + 16;
         const cs = new Array(steps + 1).fill(0);
@@ -490,13 +494,15 @@
     },
   };
 
+  const forTask = (g, task) => (g.tasks ? g.tasks.includes(task) : g.task === task);
+
   function generatorsFor(c) {
     return Object.entries(GENERATORS).filter(([, g]) => !g.inputs || g.inputs === c.input_size);
   }
 
   function fillGenerators() {
     const list = generatorsFor(card);
-    const own = list.find(([, g]) => g.task === card.task);
+    const own = list.find(([, g]) => forTask(g, card.task));
     ui.generator.replaceChildren(...list.map(([id, g]) => new Option(g.label, id)));
     ui.generator.value = own ? own[0] : (card.input_size === 1 || !own ? "sine" : list[0][0]);
     showGeneratorParams();
@@ -568,6 +574,9 @@
 
   function hasInternals(c) { return Boolean(c && c.onnx && c.onnx.internals); }
 
+  /** Outputs that are the network's own (with targets); a TD critic's heads follow them. */
+  function targetSize(c) { return c.critic ? c.architecture.output_size : c.output_size; }
+
   async function loadModels() {
     setState("loading");
     try {
@@ -623,6 +632,10 @@
     addInfo("Outputs", `${card.output_names.join(", ")} (${card.output_activation})`);
     addInfo("Network", `${a.blocks} block${a.blocks > 1 ? "s" : ""} × ${a.cells_per_block} cell${a.cells_per_block > 1 ? "s" : ""}` +
       `, g ${a.g}, h ${a.h}${a.peepholes ? ", peepholes" : ""}${a.forget_gate ? "" : ", no forget gate"}`);
+    if (card.critic) {
+      addInfo("TD critic", `γ ${card.critic.gamma}; outputs ${card.critic.outputs.join(", ")} ` +
+        "after the network's own (frozen; its previous output, value and first-step flag ride in the state)");
+    }
     addInfo("Cells and gates", hasInternals(card) ? "available (model.internals.onnx)" : "not exported for this version");
     addInfo("Provider", card.provider);
     ui.internals.disabled = !hasInternals(card);
@@ -647,7 +660,7 @@
     const cols = (n) => Array.from({ length: n }, () => []);
     return {
       model: c.name, version: c.version, internals: withInternals, offset,
-      t: [], inputs: cols(c.input_size), outputs: cols(c.output_size), targets: cols(c.output_size),
+      t: [], inputs: cols(c.input_size), outputs: cols(c.output_size), targets: cols(targetSize(c)),
       hasTargets: false, sparseTargets: false,
       cellStates: cols(cells), cellOutputs: cols(cells),
       gates: { input: cols(blocks), forget: cols(blocks), output: cols(blocks) },
@@ -688,6 +701,8 @@
     const S = a.cells_per_block;
     const nIn = c.input_size;
     const stepMs = c.encoding && c.encoding.step_ms ? ` (one step = ${c.encoding.step_ms} ms)` : "";
+    const own = targetSize(c); // the network's outputs; a critic's heads come after them
+    const ownNames = c.output_names.slice(0, own);
     const out = [
       { id: "inputs", title: "Inputs", note: `x(t)${stepMs}`,
         series: c.input_names.map((n, k) => line(n, blockColor(k, nIn))),
@@ -695,19 +710,30 @@
       { id: "outputs", title: run.hasTargets ? "Outputs and targets" : "Outputs",
         note: run.hasTargets ? "solid: the network's output; dashed or dots: the target" : "the network's output",
         series: [
-          ...c.output_names.map((n, k) => line(n, blockColor(k, c.output_size))),
-          ...(run.hasTargets ? c.output_names.map((n, k) => {
+          ...ownNames.map((n, k) => line(n, blockColor(k, own))),
+          ...(run.hasTargets ? ownNames.map((n, k) => {
             // One output: its target in black; several: each target in its output's colour.
-            const color = c.output_size === 1 ? "#222" : blockColor(k, c.output_size);
+            const color = own === 1 ? "#222" : blockColor(k, own);
             return run.sparseTargets
               ? { label: `${n} target`, stroke: color, width: 0, paths: () => null,
                 points: { show: true, size: 7, space: 0, fill: "#fff", width: 2 } }
               : line(`${n} target`, color, [5, 4]);
           }) : []),
         ],
-        data: () => (run.hasTargets ? [...run.outputs, ...run.targets] : run.outputs),
+        data: () => {
+          const mine = run.outputs.slice(0, own);
+          return run.hasTargets ? [...mine, ...run.targets] : mine;
+        },
         range: c.output_activation === "linear" ? null : [0, 1] },
     ];
+    if (c.critic) {
+      const heads = c.output_names.slice(own);
+      out.push({ id: "td_error", title: "Dopamine: TD error δ and value V",
+        note: `δ(t) = US(t) + ${c.critic.gamma}·V(t) − V(t−1), the critic's error (0 on the first step)`,
+        series: heads.map((n, k) => line(n === "td_error" ? "td_error δ" : n === "value" ? "value V" : n,
+          n === "td_error" ? "#d62728" : "#7f7f7f", n === "td_error" ? null : [5, 4])),
+        data: () => run.outputs.slice(own) });
+    }
     if (!run.internals) return out;
     const cellSeries = [];
     for (let j = 0; j < a.blocks; j++) {

@@ -24,6 +24,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 TRACE = "trace-conditioning"
 MG = "mackey-glass"
+RIVEST = "rivest2010"
 API_KEY = "ui-test-key"
 CHROME_FLAGS = [
     "--headless",
@@ -59,7 +60,24 @@ def ui_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
                         g="tanh", h="tanh")
     export(repo, MG, mg, seed=6, version=1, task=MG, input_names=["x"],
            output_names=["x_next"], internals=False)
+    export_rivest(repo)
     return repo
+
+
+def export_rivest(repo: Path) -> None:
+    """The dopamine model's served form (LSTM + frozen TD critic) after a few online blocks."""
+    import numpy as np
+
+    from training.lnsc.export import export_network
+    from training.lnsc.nets import Nets
+    from training.lnsc.protocol import stack, training_block
+
+    nets = Nets.fresh(0, "export-check", [0])
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        nets.block(*stack([training_block(rng)]))
+    export_network(repo, nets.dims, nets.theta[0], nets.w_critic[0], 0.98,
+                   {"task": RIVEST, "seed": 0, "data": {}}, version=1)
 
 
 @pytest.fixture(scope="session")

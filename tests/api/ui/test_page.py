@@ -21,7 +21,7 @@ try:
 except ImportError:  # fail, never skip: CI must run these
     pytest.fail("the /ui tests need selenium: `pip install selenium`", pytrace=False)
 
-from tests.api.ui.conftest import API_KEY, MG, TRACE
+from tests.api.ui.conftest import API_KEY, MG, RIVEST, TRACE
 from tests.live import LiveServer
 
 ALL_PLOTS = ["inputs", "outputs", "cell_states", "cell_outputs", "gate_input", "gate_forget",
@@ -96,7 +96,7 @@ def test_lists_models_runs_a_generated_trial_and_plots(
     d = browser
     open_page(d, ui_server, TRACE)
     names = [o.text for o in Select(d.find_element(By.ID, "model")).options]
-    assert names == [MG, TRACE]
+    assert names == [MG, RIVEST, TRACE]
     assert Select(d.find_element(By.ID, "model")).first_selected_option.text == TRACE
     # the task's own generator is chosen and has already filled the inputs and targets
     assert Select(d.find_element(By.ID, "generator")).first_selected_option.get_attribute("value") == TRACE
@@ -106,7 +106,8 @@ def test_lists_models_runs_a_generated_trial_and_plots(
     assert all(len(r) == 2 for r in rows) and sum(r[0] for r in rows) == 4  # 4 trials: CS
     cs = [t for t, r in enumerate(rows) if r[0] == 1]
     us = [t for t, r in enumerate(rows) if r[1] == 1]
-    assert [u - c for c, u in zip(cs, us, strict=True)] == [5, 5, 5, 8]  # the last is the probe
+    assert [u - c for c, u in zip(cs, us, strict=True)] == [5, 5, 5, 7]  # the last is the probe
+    assert 20 <= cs[0] <= 29 and all(20 <= b - a - 6 <= 29 for a, b in zip(cs, cs[1:]))
     d.find_element(By.ID, "run").click()
     assert wait_for(d, ("done", "error")) == "done", error_text(d)
     shown = plotted(d)
@@ -134,6 +135,38 @@ def test_plots_match_the_api(browser: Any, ui_server: LiveServer) -> None:
     assert shown[1][1] == pytest.approx([o[0] for o in body["outputs"][0]])
     assert shown[2][1:] == [pytest.approx(list(c)) for c in zip(*ints["cell_states"], strict=True)]
     assert shown[6][1:] == [pytest.approx(list(c)) for c in zip(*ints["gates"]["output"], strict=True)]
+
+
+def test_dopamine_model_plots_td_error_beside_the_gates(browser: Any, ui_server: LiveServer) -> None:
+    """rivest2010: the US prediction against its target, then the critic's delta and value
+    in their own panel, then cells and gates; whole run and live stream agree with the API."""
+    d = browser
+    open_page(d, ui_server, RIVEST)
+    assert Select(d.find_element(By.ID, "generator")).first_selected_option.get_attribute("value") == TRACE
+    assert "TD critic" in d.find_element(By.ID, "model-info").text
+    Select(d.find_element(By.ID, "gen-last")).select_by_value("probe500")
+    d.find_element(By.ID, "generate").click()
+    d.find_element(By.ID, "run").click()
+    assert wait_for(d, ("done", "error")) == "done", error_text(d)
+    shown = plotted(d)
+    assert list(shown) == ["plot-inputs", "plot-outputs", "plot-td_error", *[f"plot-{p}" for p in ALL_PLOTS[2:]]]
+    assert all(c > 100 for c, _ in shown.values()), shown
+    assert "MSE against the" in d.find_element(By.ID, "status").text
+    rows = [json.loads(f"[{r}]") for r in d.find_element(By.ID, "inputs").get_property("value").splitlines()]
+    body = httpx.post(f"{ui_server.url}/v1/models/{RIVEST}/predict", json={"inputs": [rows]}).json()
+    out = body["outputs"][0]
+    data = d.execute_script("return window.peephole.plots().map((p) => p.uplot.data);")
+    assert len(data[1]) == 3  # step, us, its target
+    assert data[1][1] == pytest.approx([o[0] for o in out])
+    assert data[2][1] == pytest.approx([o[1] for o in out])  # value
+    assert data[2][2] == pytest.approx([o[2] for o in out])  # td_error
+    assert data[2][2][0] == 0.0 and max(abs(v) for v in data[2][2]) > 0.1
+    # live: the same delta, step by step over the WebSocket
+    set_text(d, "delay", "0")
+    d.find_element(By.ID, "stream").click()
+    assert wait_for(d, ("done", "error"), timeout=60) == "done", error_text(d)
+    live = d.execute_script("return window.peephole.plots()[2].uplot.data[2];")
+    assert live == pytest.approx([o[2] for o in out], abs=1e-5)
 
 
 def test_model_without_internals_and_the_mackey_glass_generator(browser: Any, ui_server: LiveServer) -> None:
