@@ -82,6 +82,10 @@ class MasterResult:
     trials: np.ndarray  # [blocks, N]
     saved: list[BlockLog] = field(default_factory=list)  # last training blocks and tests
     trials_in_first_block: np.ndarray | None = None  # [N] trials of that block before the run
+    # the weights at the end of the Kept block (the second-to-last): the networks that met
+    # the criterion there, as they were then (the last block's probes can undo it)
+    kept_theta: np.ndarray | None = None  # [N, P]
+    kept_w_critic: np.ndarray | None = None  # [N, K]
     seconds: float = 0.0
     steps: int = 0  # network-steps run
 
@@ -170,6 +174,8 @@ def master_training(
             res.trials_in_first_block[k] = log.trials_before(k)
         if keep:
             res.saved.append(log)
+        if i == max(blocks - 2, 0):
+            res.kept_theta, res.kept_w_critic = nets.theta.copy(), nets.w_critic.copy()
         if progress is not None:
             progress(i, res)
     res.seconds = time.perf_counter() - t0

@@ -45,6 +45,11 @@ INPUT_NAMES = ["cs", "us"]
 OUTPUT_NAMES = ["us", "value", "td_error"]
 CHECK_BATCHES = (1, 5)
 CHECK_LENGTHS = (1, 7, 1000)
+# float32 graph vs the float64 reference: over 1000-step blocks a trained network's cell states
+# drift by ~1e-5 in float32, and the critic's weights (up to ~10 after training) scale that
+# into V and delta (measured: 9e-5 on network 0 of the committed run; 3e-6 for the LSTM's own
+# output). A lowering or critic bug shows as errors of 1e-2 and more.
+TOLERANCE = 2e-4
 
 
 def to_module(dims: Dims, theta: np.ndarray) -> PeepholeLSTM:
@@ -229,7 +234,7 @@ def verify(
     theta: np.ndarray,
     w_critic: np.ndarray,
     gamma: float,
-    tolerance: float = 2e-5,
+    tolerance: float = TOLERANCE,
 ) -> dict:
     """Max error per graph and output against `reference`; ExportMismatch above tolerance."""
     opts = ort.SessionOptions()
@@ -267,7 +272,7 @@ def export_network(
     gamma: float,
     training: dict[str, Any],
     version: int | None = None,
-    tolerance: float = 2e-5,
+    tolerance: float = TOLERANCE,
     description: str = "",
 ) -> Path:
     """Build both graphs, check them against the reference, write models/rivest2010/<v>."""
@@ -358,7 +363,8 @@ def export_trained(
     results: dict[str, Any],
     version: int | None = None,
 ) -> Path:
-    """Export the first Kept network of a MasterTraining run, as it ended."""
+    """Export the first Kept network of a MasterTraining run as it was at the end of the Kept
+    block (where it met the criterion), its critic with it."""
     kept = np.nonzero(master.kept)[0]
     if not len(kept):
         raise RuntimeError("no network met the criterion in the second-to-last block")
@@ -392,15 +398,16 @@ def export_trained(
         "knobs": k.as_dict(),
         # the float64 weights the graph was built from (layout: training/lnsc/network.py)
         "weights": {
-            "theta": master.nets.theta[n].tolist(),
-            "critic": master.nets.w_critic[n].tolist(),
+            "theta": master.kept_theta[n].tolist(),
+            "critic": master.kept_w_critic[n].tolist(),
+            "taken": f"end of MasterTraining block {len(master.met) - 2} (the Kept block)",
         },
     }
     return export_network(
         repo,
         master.nets.dims,
-        master.nets.theta[n],
-        master.nets.w_critic[n],
+        master.kept_theta[n],
+        master.kept_w_critic[n],
         k.gamma,
         training,
         version,

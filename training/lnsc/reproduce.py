@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("docs"),
         help="docs directory: img/rivest2010/*.png and rivest2010/reproduce.*",
     )
+    p.add_argument(
+        "--no-docs",
+        action="store_true",
+        help="write no figures or table (e.g. to re-make one exported network)",
+    )
     p.add_argument("--record", type=Path, help="write every recorded block to this HDF5 file")
     p.add_argument(
         "--export", type=Path, help="model repository: export the first Kept network as rivest2010"
@@ -188,14 +193,15 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         },
         **m,
     }
-    from training.lnsc import figures
+    if not args.no_docs:
+        from training.lnsc import figures
 
-    img = args.out / "img" / "rivest2010"
-    results["figures"] = figures.write_all(img, initial, master, post, variants, m)
-    out = args.out / "rivest2010"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "reproduce.json").write_text(json.dumps(results, indent=2, default=_json) + "\n")
-    (out / "reproduce.md").write_text(table_markdown(results, img, out))
+        img = args.out / "img" / "rivest2010"
+        results["figures"] = figures.write_all(img, initial, master, post, variants, m)
+        out = args.out / "rivest2010"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "reproduce.json").write_text(json.dumps(results, indent=2, default=_json) + "\n")
+        (out / "reproduce.md").write_text(table_markdown(results, img, out))
     if args.record is not None:
         from training.lnsc.record import write_run
 
