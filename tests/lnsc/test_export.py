@@ -14,7 +14,7 @@ from websockets.sync.client import connect
 
 from app.inference.card import ModelCard
 from app.inference.repository import load_version
-from tests.service.conftest import LiveServer, make_settings
+from tests.live import LiveServer, make_settings
 from training.lnsc.export import NAME, export_network, reference, to_module
 from training.lnsc.nets import Nets
 from training.lnsc.network import Dims, Knobs

@@ -7,6 +7,7 @@ with API keys (asks for one on the first 401, then sends it).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -107,7 +108,7 @@ def test_lists_models_runs_a_generated_trial_and_plots(
     cs = [t for t, r in enumerate(rows) if r[0] == 1]
     us = [t for t, r in enumerate(rows) if r[1] == 1]
     assert [u - c for c, u in zip(cs, us, strict=True)] == [5, 5, 5, 7]  # the last is the probe
-    assert 20 <= cs[0] <= 29 and all(20 <= b - a - 6 <= 29 for a, b in zip(cs, cs[1:]))
+    assert 20 <= cs[0] <= 29 and all(20 <= b - a - 6 <= 29 for a, b in itertools.pairwise(cs))
     d.find_element(By.ID, "run").click()
     assert wait_for(d, ("done", "error")) == "done", error_text(d)
     shown = plotted(d)
