@@ -1,10 +1,13 @@
 """Trace conditioning, the lnsc experiment (Rivest, Kalaska & Bengio 2010).
 
-Time runs in 200 ms steps as one continuous stream of trials. In a trial the conditioned
-stimulus (CS) is 1 at trial step 0 and the unconditioned stimulus (US, the reward) is 1 at
-trial step 5 (1 s later); the next CS comes an inter-trial interval (ITI), uniform in 20..30
-steps, after the US. Inputs [CS, US]; the target at step t is the US at step t + 1, so a
-trained network raises its output at trial step 4, anticipating the reward.
+Time runs in 200 ms steps as one continuous stream of trials, with lnsc's timings (each
+duration in ms truncated to whole steps; docs/LNSC.md): the stream starts with an inter-trial
+interval (ITI) of 20..29 silent steps, then in a trial the conditioned stimulus (CS) is 1 at
+trial step 0 and the unconditioned stimulus (US, the reward) is 1 at trial step 5 (1 s
+later), and the trial's last step is followed by an ITI of 20..29 silent steps
+(floor((4000 + 2000 U) / 200), U uniform on [0, 1)) before the next CS. Inputs [CS, US]; the
+target at step t is the US at step t + 1, so a trained network raises its output at trial
+step 4, anticipating the reward.
 
 Learned (MODEL.md): the US prediction error |y(t) - US(t+1)| stays <= 0.5 for 300
 consecutive steps. During training this is tracked online on the training streams (the
@@ -12,11 +15,14 @@ error of the forward pass before each update, as in lnsc's online learning); the
 which it was first met is reported in stream time steps.
 
 Probes: trials in which the US comes early or late, at CS-US delays of 500 ms and 1500 ms.
-With 200 ms steps these fall between steps; we deliver the probe US at the first step at or
-after the delay: trial step 3 (600 ms) for 500 ms and step 8 (1600 ms) for 1500 ms. A probe
-trial is embedded in a stream of normal trials; we report the network's output (its US
-prediction for the next step) at every trial step 0..12 of a normal trial, both probes and
-an omission trial (CS, no US).
+lnsc truncates them to whole steps: the probe US comes at trial step 2 (500 // 200) and 7
+(1500 // 200). lnsc gives its networks probe test blocks with learning on (5 probes after
+every 10 training blocks, about 1.3% of its trials); a supervised network learns only while
+it trains, so the training streams carry probe trials at that rate (each trial a probe with
+probability 5/395, early or late with p = 0.5), and `report` then shows the trained (frozen)
+network's output at every trial step 0..12 of a normal trial, both probes and an omission
+trial (CS, no US; an 8-step trial as in lnsc). Validation and test streams hold normal
+trials only, as lnsc counts its criterion on training blocks.
 """
 
 from __future__ import annotations
@@ -29,44 +35,57 @@ from .base import Split, Task, TaskData, TrainDefaults, first_run_end, longest_r
 
 STEP_MS = 200
 US_STEP = 5
-ITI = (20, 30)
+ITI = (20, 29)  # silent steps after a trial, inclusive
 PROBE_DELAYS_MS = (500, 1500)
+PROBE_RATE = 5 / 395  # lnsc: a 5-probe test block per 10 training blocks of ~39 trials
+MISS_TRIAL_STEPS = 8
 ERROR_LIMIT = 0.5
 RUN_LENGTH = 300
 
 
 def probe_step(delay_ms: int) -> int:
-    """The trial step of a probe US: the first 200 ms step at or after the delay."""
-    return -(-delay_ms // STEP_MS)
+    """The trial step of a probe US: the delay truncated to whole 200 ms steps (as lnsc)."""
+    return delay_ms // STEP_MS
+
+
+def _iti(rng: np.random.Generator) -> int:
+    return int(rng.integers(ITI[0], ITI[1] + 1))
 
 
 def stream(steps: int, rng: np.random.Generator, us_steps: list[int | None] | None = None,
-           ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+           probe_rate: float = 0.0) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """A stream of trials: inputs [steps, 2] (CS, US), targets [steps, 1] (next US), CS times.
 
     `us_steps[i]` overrides trial i's CS-US delay in steps (None: no US); later trials are
-    normal. The stream starts 1..10 steps before the first CS.
+    normal, or with `probe_rate` a probe (US at step 2 or 7) with that probability. The
+    stream starts with an ITI.
     """
     cs = np.zeros(steps + 1)
     us = np.zeros(steps + 1)
     onsets = []
-    t = int(rng.integers(1, 11))
+    probes = [probe_step(d) for d in PROBE_DELAYS_MS]
+    t = _iti(rng)
     i = 0
     while t < steps + 1:
         cs[t] = 1.0
         onsets.append(t)
-        delay = us_steps[i] if us_steps is not None and i < len(us_steps) else US_STEP
+        if us_steps is not None and i < len(us_steps):
+            delay = us_steps[i]
+        elif probe_rate and rng.random() < probe_rate:
+            delay = probes[int(rng.integers(2))]
+        else:
+            delay = US_STEP
         if delay is not None and t + delay < steps + 1:
             us[t + delay] = 1.0
-        # The ITI runs from the (usual) US time to the next CS.
-        t += US_STEP + int(rng.integers(ITI[0], ITI[1] + 1))
+        # The ITI follows the trial's last step (its US; a trial without US lasts 8 steps).
+        t += (MISS_TRIAL_STEPS if delay is None else delay + 1) + _iti(rng)
         i += 1
     x = np.stack([cs[:-1], us[:-1]], axis=1)
     return x, us[1:, None], onsets
 
 
-def _streams(n: int, steps: int, rng: np.random.Generator) -> Split:
-    xs, ys = zip(*(stream(steps, rng)[:2] for _ in range(n)), strict=True)
+def _streams(n: int, steps: int, rng: np.random.Generator, probe_rate: float = 0.0) -> Split:
+    xs, ys = zip(*(stream(steps, rng, probe_rate=probe_rate)[:2] for _ in range(n)), strict=True)
     return Split(np.stack(xs), np.stack(ys), np.ones((n, steps)))
 
 
@@ -89,7 +108,7 @@ class TraceConditioning(Task):
     def generate(self, seed: int, quick: bool = False, **options: Any) -> TaskData:
         rng = np.random.default_rng(seed)
         n_streams, train_steps, eval_steps = (4, 400, 600) if quick else (16, 2000, 3000)
-        train = _streams(n_streams, train_steps, rng)
+        train = _streams(n_streams, train_steps, rng, PROBE_RATE)
         val = _streams(1, eval_steps, rng)
         test = _streams(1, eval_steps, rng)
         data = {
@@ -98,7 +117,9 @@ class TraceConditioning(Task):
             "cs_step": 0,
             "us_step": US_STEP,
             "iti_steps": list(ITI),
-            "iti_from": "US time to next CS, uniform integer",
+            "iti_from": "silent steps after a trial's last step to the next CS, uniform "
+                        "integer; the stream starts with one",
+            "train_probe_rate": PROBE_RATE,
             "probe_delays_ms": list(PROBE_DELAYS_MS),
             "probe_us_steps": [probe_step(d) for d in PROBE_DELAYS_MS],
             "streams": {"train": [n_streams, train_steps], "val": [1, eval_steps],
