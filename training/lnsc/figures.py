@@ -56,31 +56,20 @@ def delta_learning(
         title="Naive networks: the first two blocks",
     )
     a.legend()
-    blocks = np.arange(len(m["delta_cs_per_block"]))
+    blocks = np.arange(len(master.delta_cs))
     kept = master.kept
-    b.plot(blocks, m["delta_cs_per_block"], color="tab:blue", lw=1, label="at the CS, all")
-    b.plot(blocks, m["delta_us_per_block"], color="tab:red", lw=1, label="at the US, all")
+    groups = [("all", np.ones(master.nets.n, bool), "-")]
     if kept.any():
-        b.plot(
-            blocks,
-            np.nanmean(master.delta_cs[:, kept], axis=1),
-            color="tab:blue",
-            ls="--",
-            lw=1,
-            label=f"at the CS, {int(kept.sum())} Kept",
-        )
-        b.plot(
-            blocks,
-            np.nanmean(master.delta_us[:, kept], axis=1),
-            color="tab:red",
-            ls="--",
-            lw=1,
-            label=f"at the US, {int(kept.sum())} Kept",
-        )
+        groups.append(("Kept", kept, "--"))
+    for name, rows, ls in groups:  # medians: one diverging network would swamp a mean
+        for where, values, color in (("CS", master.delta_cs, "tab:blue"),
+                                     ("US", master.delta_us, "tab:red")):  # fmt: skip
+            b.plot(blocks, np.nanmedian(values[:, rows], axis=1), color=color, ls=ls, lw=1,
+                   label=f"at the {where}, {int(rows.sum())} {name}")  # fmt: skip
     b.axhline(0, color="0.6", lw=0.8)
     b.set(
         xlabel="MasterTraining block",
-        ylabel="delta, block mean over networks",
+        ylabel="delta: block mean, median over networks",
         title="Across learning",
     )
     b.legend(fontsize=8)
@@ -170,7 +159,8 @@ def time_representation(path: Path, master: MasterResult) -> str:
     _save(fig, path)
     return (
         "Memory-cell states over a normal trial after learning (blocks 980-1000) for the "
-        "first Kept networks; dashed: the US prediction o."
+        "first Kept networks; dashed: the US prediction o. Cells saturated beyond |s| > 25 "
+        "(h' = 0: a constant output) are listed, not drawn."
     )
 
 

@@ -328,8 +328,8 @@ def measure(
     m["first_block_median_iqr"] = _median_iqr(m["first_block"][learned])
     m["trials_median_iqr"] = _median_iqr(m["trials_to_criterion"][learned])
     m["networks_until_5_kept"] = int(kept[4] + 1) if len(kept) >= 5 else None
-    m["delta_cs_per_block"] = np.nanmean(master.delta_cs, axis=1)
-    m["delta_us_per_block"] = np.nanmean(master.delta_us, axis=1)
+    m["delta_cs_per_block"] = np.nanmedian(master.delta_cs, axis=1)  # over networks
+    m["delta_us_per_block"] = np.nanmedian(master.delta_us, axis=1)
     m["variants"] = {}
     for name, v in variants.items():
         fb = v.first_block()
