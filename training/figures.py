@@ -185,10 +185,10 @@ def mackey_glass_figures(repo: Path, out: Path) -> dict[str, Any]:
 def trace_conditioning_figure(repo: Path, out: Path) -> dict[str, Any]:
     m = Served(repo, "trace-conditioning")
     tc = trace_conditioning
-    kinds: dict[str, int | None] = {"normal (US 1000 ms)": tc.US_STEP,
-                                    "probe 500 ms (US at 600 ms)": tc.probe_step(500),
-                                    "probe 1500 ms (US at 1600 ms)": tc.probe_step(1500),
-                                    "omission (no US)": None}
+    kinds: dict[str, int | None] = {"normal (US 1000 ms)": tc.US_STEP}
+    for ms in tc.PROBE_DELAYS_MS:  # the US at the step lnsc's truncation gives
+        kinds[f"probe {ms} ms (US at {tc.probe_step(ms) * tc.STEP_MS} ms)"] = tc.probe_step(ms)
+    kinds["omission (no US)"] = None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     res: dict[str, Any] = {"trial_steps": list(range(13)), "step_ms": tc.STEP_MS}
     steps = np.arange(13)
