@@ -1,6 +1,7 @@
 """Screenshot of /ui for the docs: a trace-conditioning trial run by the shipped model.
 
     python docs/make_screenshots.py [--models models] [--out docs/img/ui.png]
+    python docs/make_screenshots.py --model rivest2010 --out docs/img/ui-rivest2010.png
 
 Serves the model repository with the real app (uvicorn on a free loopback port), opens
 /ui in headless Chromium (Debian's `chromium` and `chromium-driver`, driven by selenium),
@@ -63,6 +64,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=Path, default=ROOT / "models")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "ui.png")
+    ap.add_argument("--model", default="trace-conditioning",
+                    help="trace-conditioning, or rivest2010 (its TD error panel too)")
     ap.add_argument("--trials", type=int, default=1, help="normal trials before the last one")
     ap.add_argument("--last", default="normal",
                     choices=["normal", "probe500", "probe1500", "omission"])
@@ -77,7 +80,7 @@ def main() -> None:
     opts.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='peephole-shot-')}")
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
     try:
-        driver.get(f"{url}/ui?model=trace-conditioning")
+        driver.get(f"{url}/ui?model={args.model}")
         wait_state(driver, "ready")
         trials = driver.find_element(By.ID, "gen-trials")
         trials.clear()
