@@ -5,83 +5,41 @@ data extension): the `Inference-Header-Content-Length` header says where the JSO
 each input with `parameters.binary_data_size` takes its bytes, in input order, from what
 follows. Binary tensors are little-endian, row-major, and viewed with `np.frombuffer` (no
 copy); JSON `data` (flat or nested, row-major) is type-checked and converted in bulk, never
-element by element in Python. The model-specific checks (which names, which shapes) are the
-router's; this module knows only the wire format. Every problem is an `InvalidInput` (400 on
-/v2) with a message that names the tensor.
+element by element in Python. The model-specific checks (which names, which shapes) are
+protocol.py's, shared with gRPC; this module knows only the JSON wire format. Every problem
+is an `InvalidInput` (400 on /v2) with a message that names the tensor.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
 import numpy as np
 import orjson
 
+from app.api.v2.protocol import (
+    FP32,
+    InferRequest,
+    RequestedOutput,
+    check_byte_size,
+    check_datatype,
+    check_finite,
+    check_shape,
+    flag,
+    kind,
+    sequence_id,
+    step_offset,
+)
 from app.errors import InvalidInput, PayloadTooLarge
 
-FP32 = "FP32"
 _LE_FP32 = np.dtype("<f4")
 _NUMBER_TYPES = frozenset({int, float})
 _LIST = {list}
-_UINT64_MAX = 2**64 - 1
-MAX_SEQUENCE_ID_CHARS = 256
-# Triton's datatype names, to tell "wrong datatype" from "not a datatype" in messages.
-DATATYPES = frozenset(
-    {
-        "BOOL",
-        "UINT8",
-        "UINT16",
-        "UINT32",
-        "UINT64",
-        "INT8",
-        "INT16",
-        "INT32",
-        "INT64",
-        "FP16",
-        "FP32",
-        "FP64",
-        "BF16",
-        "BYTES",
-    }
-)
 
-
-@dataclass(slots=True)
-class RequestedOutput:
-    name: str
-    binary: bool
-
-
-@dataclass(slots=True)
-class InferRequest:
-    """A decoded infer request: FP32 arrays by input name and what to send back."""
-
-    id: str | None
-    inputs: dict[str, np.ndarray]
-    outputs: list[RequestedOutput] | None  # None: every output (Triton's default)
-    binary_output: bool  # request-level `binary_data_output`, the default of each output
-    sequence_id: int | str | None  # None: not a sequence request (Triton: 0 or "")
-    sequence_start: bool
-    sequence_end: bool
-
-
-_KIND = {
-    bool: "a boolean",
-    int: "a number",
-    float: "a number",
-    str: "a string",
-    dict: "an object",
-    list: "a list",
-    type(None): "null",
-}
-
-
-def _kind(v: Any) -> str:
-    return _KIND.get(type(v), type(v).__name__)
+__all__ = ["FP32", "InferRequest", "RequestedOutput", "decode_request", "encode_response"]
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -116,51 +74,18 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     return bytes(view[: int(n)]), view[int(n) :]
 
 
-def _flag(params: dict[str, Any], key: str) -> bool:
-    v = params.get(key, False)
-    if type(v) is not bool:
-        raise InvalidInput(f"parameters.{key} must be a boolean, got {_kind(v)}")
-    return v
-
-
-def _sequence_id(params: dict[str, Any]) -> int | str | None:
-    """uint64 or string; 0 and "" mean "no sequence", as in Triton."""
-    v = params.get("sequence_id")
-    if v is None:
-        return None
-    if type(v) is int:
-        if not 0 <= v <= _UINT64_MAX:
-            raise InvalidInput("parameters.sequence_id must be an unsigned 64-bit integer")
-        return v or None
-    if type(v) is str:
-        if len(v) > MAX_SEQUENCE_ID_CHARS:
-            raise InvalidInput(
-                f"parameters.sequence_id is longer than {MAX_SEQUENCE_ID_CHARS} characters"
-            )
-        return v or None
-    raise InvalidInput(
-        f"parameters.sequence_id must be an unsigned integer or a string, got {_kind(v)}"
-    )
-
-
 def _object(v: Any, where: str) -> dict[str, Any]:
     if v is None:
         return {}
     if type(v) is not dict:
-        raise InvalidInput(f"{where} must be an object, got {_kind(v)}")
+        raise InvalidInput(f"{where} must be an object, got {kind(v)}")
     return v
-
-
-def _shape(v: Any, where: str) -> tuple[int, ...]:
-    if type(v) is not list or any(type(d) is not int or d < 0 for d in v):
-        raise InvalidInput(f"{where}.shape must be a list of non-negative integers")
-    return tuple(v)
 
 
 def _json_numbers(data: Any, count: int, where: str) -> np.ndarray:
     """Flat or nested (row-major) JSON numbers -> flat float32; exactly `count` of them."""
     if type(data) is not list:
-        raise InvalidInput(f"{where}.data must be a list of numbers, got {_kind(data)}")
+        raise InvalidInput(f"{where}.data must be a list of numbers, got {kind(data)}")
     level: list[Any] = data
     while level and type(level[0]) is list:  # nested: flatten one level at a time, in C
         if set(map(type, level)) != _LIST:
@@ -171,7 +96,7 @@ def _json_numbers(data: Any, count: int, where: str) -> np.ndarray:
         bad = next(iter(types - _NUMBER_TYPES))
         raise InvalidInput(
             f"{where}.data: an FP32 tensor takes only JSON numbers, found "
-            f"{_kind(next(v for v in level if type(v) is bad))}"
+            f"{kind(next(v for v in level if type(v) is bad))}"
         )
     if len(level) != count:
         raise InvalidInput(f"{where}: shape holds {count} elements but data has {len(level)}")
@@ -186,17 +111,13 @@ def _input(t: Any, i: int, binary: memoryview, offset: int) -> tuple[str, np.nda
     """One input tensor -> (name, float32 array of its shape, new binary offset)."""
     where = f"inputs[{i}]"
     if type(t) is not dict:
-        raise InvalidInput(f"{where} must be an object, got {_kind(t)}")
+        raise InvalidInput(f"{where} must be an object, got {kind(t)}")
     name = t.get("name")
     if type(name) is not str or not name:
         raise InvalidInput(f"{where}.name must be a non-empty string")
     where = f"input {name!r}"
-    dtype = t.get("datatype")
-    if dtype != FP32:
-        known = type(dtype) is str and dtype in DATATYPES
-        what = f"datatype {dtype}" if known else f"datatype {dtype!r} (unknown)"
-        raise InvalidInput(f"{where} has {what}; the model expects {FP32}")
-    shape = _shape(t.get("shape"), where)
+    check_datatype(where, t.get("datatype"))
+    shape = check_shape(where, t.get("shape"))
     count = math.prod(shape)
     params = _object(t.get("parameters"), f"{where}.parameters")
     size = params.get("binary_data_size")
@@ -205,11 +126,7 @@ def _input(t: Any, i: int, binary: memoryview, offset: int) -> tuple[str, np.nda
             raise InvalidInput(f"{where}: binary_data_size must be a non-negative integer")
         if "data" in t:
             raise InvalidInput(f"{where} has both data and binary_data_size; send one")
-        if size != count * _LE_FP32.itemsize:
-            raise InvalidInput(
-                f"{where}: binary_data_size is {size} bytes but shape {list(shape)} of FP32 "
-                f"needs {count * _LE_FP32.itemsize}"
-            )
+        check_byte_size(where, "binary_data_size", size, shape, count)
         if offset + size > len(binary):
             raise InvalidInput(
                 f"{where}: binary_data_size {size} runs past the end of the binary data "
@@ -221,8 +138,7 @@ def _input(t: Any, i: int, binary: memoryview, offset: int) -> tuple[str, np.nda
         arr = _json_numbers(t["data"], count, where)
     else:
         raise InvalidInput(f"{where} has neither data nor parameters.binary_data_size")
-    if not np.isfinite(arr).all():
-        raise InvalidInput(f"{where}: numbers must be finite and within FP32 range")
+    check_finite(where, arr)
     return name, arr.reshape(shape), offset
 
 
@@ -231,7 +147,7 @@ def _outputs(v: Any, binary_default: bool) -> list[RequestedOutput] | None:
     if v is None:
         return None
     if type(v) is not list:
-        raise InvalidInput(f"outputs must be a list of objects, got {_kind(v)}")
+        raise InvalidInput(f"outputs must be a list of objects, got {kind(v)}")
     out: list[RequestedOutput] = []
     seen: set[str] = set()
     for i, o in enumerate(v):
@@ -262,7 +178,7 @@ def decode_request(body: bytes, header_length: str | None = None) -> InferReques
             f"the inference header is not valid JSON (NaN and infinity are refused): {e}"
         ) from e
     if type(req) is not dict:
-        raise InvalidInput(f"the inference request must be a JSON object, got {_kind(req)}")
+        raise InvalidInput(f"the inference request must be a JSON object, got {kind(req)}")
     rid = req.get("id")
     if rid is not None and type(rid) is not str:
         raise InvalidInput("id must be a string")
@@ -282,16 +198,17 @@ def decode_request(body: bytes, header_length: str | None = None) -> InferReques
             f"{len(binary) - offset} bytes of binary data follow the inference header that no "
             "input claims (check binary_data_size and Inference-Header-Content-Length)"
         )
-    binary_output = _flag(params, "binary_data_output")
+    binary_output = flag(params, "binary_data_output")
     outputs = _outputs(req.get("outputs"), binary_output)
     return InferRequest(
         id=rid,
         inputs=inputs,
         outputs=outputs,
         binary_output=binary_output,
-        sequence_id=_sequence_id(params),
-        sequence_start=_flag(params, "sequence_start"),
-        sequence_end=_flag(params, "sequence_end"),
+        sequence_id=sequence_id(params),
+        sequence_start=flag(params, "sequence_start"),
+        sequence_end=flag(params, "sequence_end"),
+        offset=step_offset(params),
     )
 
 

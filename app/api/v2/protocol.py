@@ -1,0 +1,312 @@
+"""The Open Inference Protocol (KServe v2) itself, whatever carries it: REST or gRPC.
+
+The transports decode their wire format (JSON + binary tensors in `codec.py`, protobuf in
+`app/api/grpc/codec.py`) into an `InferRequest` of numpy arrays and plain parameter values,
+and this module gives it its meaning: which tensors the model takes (`x` FP32 [batch, time,
+input_size] and, optionally, each state tensor by its card name), which outputs exist, the
+limits, and sequences. Every check and every message is written once here, so that the same
+mistake reads the same over REST and gRPC.
+
+Sequences (`sequence_id` uint64 or string, `sequence_start`, `sequence_end`, batch 1, as
+Triton's sequence batcher) keep their state in the SAME session store as /v1 sessions, under
+an id derived from model, version and sequence id (`sequence_key`): they count against
+PEEPHOLE_MAX_SESSIONS, expire after the TTL, are shared by replicas on the Redis store, and a
+sequence started over one transport continues over the other. The optional `offset` parameter
+gives a step /v1's retry guarantee (DataPlane.step): a retry of the last step is answered
+again without being applied twice; the offset after the step is answered in the response
+parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.dataplane import MAX_OFFSET, DataPlane
+from app.errors import InvalidInput, SessionNotFound, StoreUnavailable
+from app.inference.engine import Engine
+
+log = logging.getLogger("peephole.v2")
+
+SERVER_NAME = "peephole"
+EXTENSIONS = ["binary_tensor_data", "sequence"]
+PLATFORM = "onnxruntime_onnx"
+FP32 = "FP32"
+FP32_BYTES = 4
+MAX_SEQUENCE_ID_CHARS = 256
+_UINT64_MAX = 2**64 - 1
+# Triton's datatype names, to tell "wrong datatype" from "not a datatype" in messages.
+DATATYPES = frozenset(
+    {
+        "BOOL",
+        "UINT8",
+        "UINT16",
+        "UINT32",
+        "UINT64",
+        "INT8",
+        "INT16",
+        "INT32",
+        "INT64",
+        "FP16",
+        "FP32",
+        "FP64",
+        "BF16",
+        "BYTES",
+    }
+)
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool = False  # REST's binary tensor data extension; gRPC always sends raw bytes
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """A decoded infer request: FP32 arrays by input name and what to send back."""
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: list[RequestedOutput] | None  # None: every output (Triton's default)
+    binary_output: bool  # request-level `binary_data_output`, the default of each output
+    sequence_id: int | str | None  # None: not a sequence request (Triton: 0 or "")
+    sequence_start: bool
+    sequence_end: bool
+    offset: int | None = None  # where the client believes its sequence stands
+
+
+@dataclass(slots=True)
+class InferOutcome:
+    """What to send back: the outputs asked for, in order, and the response parameters."""
+
+    tensors: list[tuple[RequestedOutput, np.ndarray]]
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+# -- values -----------------------------------------------------------------------------
+
+_KIND = {
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    dict: "an object",
+    list: "a list",
+    type(None): "null",
+}
+
+
+def kind(v: Any) -> str:
+    """How a message names the type of a value."""
+    return _KIND.get(type(v), type(v).__name__)
+
+
+def flag(params: dict[str, Any], key: str) -> bool:
+    v = params.get(key, False)
+    if type(v) is not bool:
+        raise InvalidInput(f"parameters.{key} must be a boolean, got {kind(v)}")
+    return v
+
+
+def sequence_id(params: dict[str, Any]) -> int | str | None:
+    """uint64 or string; 0 and "" mean "no sequence", as in Triton."""
+    v = params.get("sequence_id")
+    if v is None:
+        return None
+    if type(v) is int:
+        if not 0 <= v <= _UINT64_MAX:
+            raise InvalidInput("parameters.sequence_id must be an unsigned 64-bit integer")
+        return v or None
+    if type(v) is str:
+        if len(v) > MAX_SEQUENCE_ID_CHARS:
+            raise InvalidInput(
+                f"parameters.sequence_id is longer than {MAX_SEQUENCE_ID_CHARS} characters"
+            )
+        return v or None
+    raise InvalidInput(
+        f"parameters.sequence_id must be an unsigned integer or a string, got {kind(v)}"
+    )
+
+
+def step_offset(params: dict[str, Any]) -> int | None:
+    """The optional step offset: a non-negative integer, as /v1 steps take it."""
+    v = params.get("offset")
+    if v is None:
+        return None
+    if type(v) is not int or not 0 <= v <= MAX_OFFSET:
+        raise InvalidInput(f"parameters.offset must be an integer between 0 and {MAX_OFFSET}")
+    return v
+
+
+def check_datatype(where: str, dtype: Any) -> None:
+    if dtype != FP32:
+        known = type(dtype) is str and dtype in DATATYPES
+        what = f"datatype {dtype}" if known else f"datatype {dtype!r} (unknown)"
+        raise InvalidInput(f"{where} has {what}; the model expects {FP32}")
+
+
+def check_shape(where: str, v: Any) -> tuple[int, ...]:
+    if type(v) is not list or any(type(d) is not int or d < 0 for d in v):
+        raise InvalidInput(f"{where}.shape must be a list of non-negative integers")
+    return tuple(v)
+
+
+def check_byte_size(where: str, what: str, size: int, shape: tuple[int, ...], count: int) -> None:
+    """Raw FP32 bytes must fill the shape exactly."""
+    if size != count * FP32_BYTES:
+        raise InvalidInput(
+            f"{where}: {what} is {size} bytes but shape {list(shape)} of FP32 needs "
+            f"{count * FP32_BYTES}"
+        )
+
+
+def check_finite(where: str, arr: np.ndarray) -> None:
+    if not np.isfinite(arr).all():
+        raise InvalidInput(f"{where}: numbers must be finite and within FP32 range")
+
+
+# -- models -----------------------------------------------------------------------------
+
+
+def model_metadata(dp: DataPlane, name: str, version: str | None) -> dict[str, Any]:
+    """Tensors of a model version: `x` in, `y` out, state tensors both ways."""
+    engine = dp.model(name, version)
+    states = [
+        {"name": s.name, "datatype": FP32, "shape": [-1, *s.shape]} for s in engine.state_specs
+    ]
+    x = {"name": "x", "datatype": FP32, "shape": [-1, -1, engine.input_size]}
+    y = {"name": "y", "datatype": FP32, "shape": [-1, -1, engine.output_size]}
+    return {
+        "name": engine.name,
+        "versions": [str(v) for v in dp.registry.versions(engine.name)],
+        "platform": PLATFORM,
+        "inputs": [x, *states],
+        "outputs": [y, *states],
+    }
+
+
+def model_inputs(
+    engine: Engine, inputs: dict[str, np.ndarray]
+) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+    """x [B, T, I] and the optional state tensors [B, *shape] (missing ones start at zeros)."""
+    specs = {s.name: s for s in engine.state_specs}
+    unknown = sorted(set(inputs) - {"x", *specs})
+    if unknown:
+        raise InvalidInput(
+            f"unknown input {unknown[0]!r}: model {engine.name} takes x and optionally "
+            f"{', '.join(specs)}"
+        )
+    x = inputs.get("x")
+    if x is None:
+        raise InvalidInput("input 'x' is missing")
+    if x.ndim != 3 or x.shape[2] != engine.input_size:
+        raise InvalidInput(
+            f"input 'x' has shape {list(x.shape)}; expected [batch, time, {engine.input_size}]"
+        )
+    B = x.shape[0]
+    if B == 0 or x.shape[1] == 0:
+        raise InvalidInput("input 'x' needs at least one sequence and one time step")
+    given = {k: v for k, v in inputs.items() if k in specs}
+    if not given:
+        return x, None
+    states = engine.initial_state(B)
+    for k, v in given.items():
+        if v.shape != (B, *specs[k].shape):
+            raise InvalidInput(
+                f"input {k!r} has shape {list(v.shape)}; expected {[B, *specs[k].shape]}"
+            )
+        states[k] = v
+    return x, states
+
+
+def requested_outputs(engine: Engine, req: InferRequest) -> list[RequestedOutput]:
+    """The outputs to send, in order: those asked for, else every one (Triton's default)."""
+    names = ["y", *(s.name for s in engine.state_specs)]
+    if req.outputs is None:
+        return [RequestedOutput(n, req.binary_output) for n in names]
+    for o in req.outputs:
+        if o.name not in names:
+            raise InvalidInput(
+                f"unknown output {o.name!r}: model {engine.name} has {', '.join(names)}"
+            )
+    return req.outputs
+
+
+# -- inference --------------------------------------------------------------------------
+
+
+def sequence_key(engine: Engine, seq: int | str) -> str:
+    """The session store id of a sequence: model, version, id kind (u: uint64, s: string)."""
+    kind_ = "u" if isinstance(seq, int) else "s"
+    return f"v2:{engine.name}:{engine.version}:{kind_}:{seq}"
+
+
+async def _end(dp: DataPlane, key: str) -> None:
+    """Free a sequence's state. Already gone is fine; a store failure only delays it to the
+    TTL (the answer is computed and the state applied, so an error would invite a double step)."""
+    try:
+        await dp.delete_session(key)
+    except SessionNotFound:
+        pass
+    except StoreUnavailable as e:
+        log.warning("sequence %s not freed (expires with its TTL): %s", key, e.detail)
+
+
+async def _sequence(
+    dp: DataPlane,
+    engine: Engine,
+    req: InferRequest,
+    x: np.ndarray,
+    states: dict[str, np.ndarray] | None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+    """One request of a sequence (batch 1): y [1, T, O], the state after it [1, *shape], and
+    the sequence's offset after it."""
+    seq = req.sequence_id
+    assert seq is not None
+    if x.shape[0] != 1:
+        raise InvalidInput(f"a sequence request takes batch 1, got {x.shape[0]}")
+    if states is not None and not req.sequence_start:
+        raise InvalidInput("state inputs are accepted only on the start of a sequence")
+    if req.sequence_start and req.offset:
+        raise InvalidInput("parameters.offset of a sequence's start must be 0")
+    key = sequence_key(engine, seq)
+    if req.sequence_start and req.sequence_end:  # a whole sequence in one request
+        await _end(dp, key)  # a live sequence with this id is over
+        r = await dp.infer(engine, x, states)
+        return r.y, r.states, x.shape[1]
+    if req.sequence_start:
+        init = None if states is None else {k: v[0] for k, v in states.items()}
+        await dp.create_session(engine.name, engine.version, state=init, session_id=key)
+    try:
+        step = await dp.step(key, x[0], req.offset)
+    except SessionNotFound:
+        raise InvalidInput(
+            f"sequence {seq!r} of model {engine.name}/{engine.version} is not active (unknown, "
+            "ended or expired): its first request must set parameters.sequence_start"
+        ) from None
+    if req.sequence_end:
+        await _end(dp, key)
+    state = {k: v[None] for k, v in step.session.state.items()}
+    return step.outputs[None], state, step.session.offset
+
+
+async def infer(dp: DataPlane, engine: Engine, req: InferRequest) -> InferOutcome:
+    """Run a decoded request on `engine`: stateless, or one step of a sequence."""
+    x, states = model_inputs(engine, req.inputs)
+    wanted = requested_outputs(engine, req)
+    dp.check_limits(x.shape[0], x.shape[1])  # before a sequence takes a slot in the store
+    params: dict[str, Any] = {}
+    if req.sequence_id is None:
+        if req.sequence_start or req.sequence_end:
+            raise InvalidInput("sequence_start and sequence_end need a non-zero sequence_id")
+        if req.offset is not None:
+            raise InvalidInput("parameters.offset is for sequence requests (with sequence_id)")
+        r = await dp.infer(engine, x, states)
+        y, out_states = r.y, r.states
+    else:
+        y, out_states, params["offset"] = await _sequence(dp, engine, req, x, states)
+    return InferOutcome([(o, y if o.name == "y" else out_states[o.name]) for o in wanted], params)
