@@ -236,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             uvicorn.run(create_app(settings), **options)
         else:
             os.environ[_SUPERVISOR] = str(os.getpid())
+            os.environ["PEEPHOLE_GRPC_REUSE_PORT"] = "true"  # every worker serves gRPC too
             uvicorn.run("app.__main__:factory", factory=True, workers=workers, **options)
     finally:
         if private is not None:

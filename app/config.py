@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Comma-separated in the environment; empty means no authentication.
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # gRPC (inference.GRPCInferenceService, health, reflection) beside HTTP; 0 turns it off.
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    grpc_host: str | None = None  # None: PEEPHOLE_HOST
 
     # Internal knobs (not in the contract; defaults suit a small CPU box).
     inference_threads: int = Field(default=0, ge=0)  # worker threads; 0 = one per core
@@ -69,6 +72,10 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
     # Runs estimated under this many milliseconds run on the event loop (no thread hand-off).
     batch_inline_ms: float = Field(default=0.5, ge=0, le=100)
+    # Set by `python -m app` for its worker processes: every worker binds the gRPC port
+    # (SO_REUSEPORT) and the kernel spreads connections over them. Off in a lone process, so
+    # that a port already taken is an error at start, as for HTTP.
+    grpc_reuse_port: bool = False
 
     @field_validator("lmdb_path", mode="before")
     @classmethod
@@ -100,6 +107,8 @@ class Settings(BaseSettings):
                 "keep their own sessions; use PEEPHOLE_SESSION_STORE=lmdb (one host) or redis, "
                 "or PEEPHOLE_WORKERS=1"
             )
+        if self.grpc_port and self.grpc_port == self.port:
+            raise ValueError("PEEPHOLE_GRPC_PORT must differ from PEEPHOLE_PORT (0 turns gRPC off)")
         return self
 
     @property

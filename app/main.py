@@ -100,11 +100,19 @@ def create_app(
             max_wait_ms=settings.batch_max_wait_ms,
             inline_ms=settings.batch_inline_ms,
         )
-        app.state.dataplane = DataPlane(reg, st, runner, settings, metrics)
-        log.info("ready: %d inference threads x %d ONNX Runtime threads", workers, intra)
+        app.state.dataplane = dp = DataPlane(reg, st, runner, settings, metrics)
+        grpc_server = None
         try:
+            if settings.grpc_port:  # the same data plane over gRPC (app/api/grpc)
+                from app.api.grpc.server import GrpcServer
+
+                grpc_server = GrpcServer(settings, dp, metrics, app.version)
+                await grpc_server.start()
+            log.info("ready: %d inference threads x %d ONNX Runtime threads", workers, intra)
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(settings.graceful_shutdown_seconds)
             await st.close()
             runner.close()
 

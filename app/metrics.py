@@ -1,9 +1,10 @@
-"""Prometheus metrics: one registry per app, fed from two places only.
+"""Prometheus metrics: one registry per app, fed from these places only.
 
 - `app.edge.metrics.MetricsMiddleware` (ASGI) counts requests and their latency by route TEMPLATE
   (`/v1/sessions/{session_id}/steps`, never the raw path) and status;
 - the inference runner reports batch size and inference time per model version;
-- the data plane counts session store errors; live sessions are read at scrape time.
+- the data plane counts session store errors; live sessions are read at scrape time;
+- the gRPC servicer (app/api/grpc) counts its calls and stream messages by status code.
 """
 
 from __future__ import annotations
@@ -68,6 +69,27 @@ class Metrics:
             "peephole_websocket_messages_total",
             "WebSocket stream messages by answer status",
             ["status"],
+            registry=r,
+        )
+        # gRPC (app/api/grpc): calls by method and status code; for the bidirectional
+        # ModelStreamInfer also each message's answer (an error travels in the stream).
+        self.grpc_requests = Counter(
+            "peephole_grpc_requests_total",
+            "gRPC calls by method and status code",
+            ["method", "code"],
+            registry=r,
+        )
+        self.grpc_latency = Histogram(
+            "peephole_grpc_request_duration_seconds",
+            "gRPC call latency (for streams: the stream's life)",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.grpc_stream_messages = Counter(
+            "peephole_grpc_stream_messages_total",
+            "ModelStreamInfer messages by the status code of their answer",
+            ["code"],
             registry=r,
         )
 

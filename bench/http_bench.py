@@ -210,7 +210,8 @@ def peephole(repo: Path, workers: int, **env: str) -> Service:
     port = free_port()
     base = {"PEEPHOLE_MODEL_REPOSITORY": str(repo), "PEEPHOLE_PORT": str(port),
             "PEEPHOLE_WORKERS": str(workers), "PEEPHOLE_PROVIDER": "cpu",
-            "PEEPHOLE_LOG_LEVEL": "warning", "PEEPHOLE_ACCESS_LOG": "false"}  # fmt: skip
+            "PEEPHOLE_LOG_LEVEL": "warning", "PEEPHOLE_ACCESS_LOG": "false",
+            "PEEPHOLE_GRPC_PORT": "0"}  # fmt: skip
     if workers > 1:  # several workers share sessions through the lmdb store
         base["PEEPHOLE_SESSION_STORE"] = "lmdb"
     return Service("peephole", [sys.executable, "-m", "app"], {**base, **env}, port)

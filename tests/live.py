@@ -56,6 +56,8 @@ class LiveServer:
         self.server = uvicorn.Server(config)
         self.url = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}"
+        # host:port of the gRPC endpoint when settings turn it on (make_settings leaves it off)
+        self.grpc_target = f"127.0.0.1:{settings.grpc_port}" if settings.grpc_port else None
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> LiveServer:
@@ -80,6 +82,7 @@ def make_settings(repo: Path, **overrides: Any) -> Settings:
         "model_repository": repo,
         "provider": "cpu",
         "session_sweep_seconds": 0.2,
+        "grpc_port": 0,  # off unless a test asks (every server on the default 8001 would clash)
         "_env_file": None,
     }
     return Settings(**{**base, **overrides})
@@ -133,6 +136,7 @@ class Replica:
             "PEEPHOLE_PROVIDER": "cpu",
             "PEEPHOLE_REDIS_TIMEOUT_SECONDS": "0.5",
             "PEEPHOLE_LOG_LEVEL": "warning",
+            "PEEPHOLE_GRPC_PORT": "0",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None

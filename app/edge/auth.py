@@ -32,11 +32,16 @@ def key_matches(token: str, keys: list[str]) -> bool:
     return ok
 
 
+def parse_bearer(value: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` value (HTTP header or gRPC metadata)."""
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
 def bearer(scope: Scope) -> str | None:
     for name, value in scope.get("headers") or ():
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" else None
+            return parse_bearer(value.decode("latin-1"))
     return None
 
 

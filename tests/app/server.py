@@ -21,7 +21,8 @@ class App:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "PEEPHOLE_MODEL_REPOSITORY": str(repo),
-                    "PEEPHOLE_PROVIDER": "cpu", "PEEPHOLE_LOG_LEVEL": "info", **env}  # fmt: skip
+                    "PEEPHOLE_PROVIDER": "cpu", "PEEPHOLE_LOG_LEVEL": "info",
+                    "PEEPHOLE_GRPC_PORT": "0", **env}  # fmt: skip
         cmd = [sys.executable, "-m", "app", "--port", str(self.port), *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)  # fmt: skip

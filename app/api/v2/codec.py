@@ -30,6 +30,7 @@ from app.api.v2.protocol import (
     check_shape,
     flag,
     kind,
+    requested_output,
     sequence_id,
     step_offset,
 )
@@ -154,15 +155,11 @@ def _outputs(v: Any, binary_default: bool) -> list[RequestedOutput] | None:
         if type(o) is not dict or type(o.get("name")) is not str:
             raise InvalidInput(f"outputs[{i}] must be an object with a string name")
         params = _object(o.get("parameters"), f"outputs[{i}].parameters")
-        if params.get("classification"):
-            raise InvalidInput("the classification extension is not supported")
-        if o["name"] in seen:
-            raise InvalidInput(f"output {o['name']!r} is requested twice")
-        seen.add(o["name"])
         binary = params.get("binary_data")
         if binary is not None and type(binary) is not bool:
             raise InvalidInput(f"outputs[{i}].parameters.binary_data must be a boolean")
-        out.append(RequestedOutput(o["name"], binary_default if binary is None else binary))
+        binary = binary_default if binary is None else binary
+        out.append(requested_output(o["name"], params, seen, binary))
     return out
 
 

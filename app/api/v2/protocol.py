@@ -169,6 +169,17 @@ def check_finite(where: str, arr: np.ndarray) -> None:
         raise InvalidInput(f"{where}: numbers must be finite and within FP32 range")
 
 
+def requested_output(name: str, params: dict[str, Any], seen: set[str], binary: bool = False
+                     ) -> RequestedOutput:  # fmt: skip
+    """One entry of a request's `outputs` (each name once; no classification extension)."""
+    if params.get("classification"):
+        raise InvalidInput("the classification extension is not supported")
+    if name in seen:
+        raise InvalidInput(f"output {name!r} is requested twice")
+    seen.add(name)
+    return RequestedOutput(name, binary)
+
+
 # -- models -----------------------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ def test_sigterm_lets_in_flight_requests_finish(models: RepoModels) -> None:
         "PEEPHOLE_PORT": str(port),
         "PEEPHOLE_PROVIDER": "cpu",
         "PEEPHOLE_LOG_LEVEL": "info",
+        "PEEPHOLE_GRPC_PORT": "0",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "app"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -1,0 +1,78 @@
+"""The gRPC server: grpcio's asyncio server beside HTTP, in the same process and event loop.
+
+Started and stopped by the app's lifespan (app/main.py), so that whatever runs the app --
+`python -m app`, its worker processes, uvicorn in a test -- serves gRPC on the same data plane,
+registry, batcher and session store as HTTP. It serves `inference.GRPCInferenceService`,
+`grpc.health.v1.Health` and server reflection on PEEPHOLE_GRPC_HOST (default PEEPHOLE_HOST)
+: PEEPHOLE_GRPC_PORT. A message may be as large as PEEPHOLE_MAX_BODY_BYTES (past it gRPC
+itself answers RESOURCE_EXHAUSTED). With several worker processes each binds the port with
+SO_REUSEPORT and the kernel spreads the connections (sessions live in a shared store then).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from app.api.grpc._proto import grpc_service_pb2 as pb
+from app.api.grpc._proto import grpc_service_pb2_grpc as pb_grpc
+from app.api.grpc._proto import model_config_pb2 as mc
+from app.api.grpc.health import ReadinessHealth
+from app.api.grpc.servicer import SERVICE, InferenceServicer
+from app.config import Settings
+from app.dataplane import DataPlane
+from app.metrics import Metrics
+
+log = logging.getLogger("peephole.grpc")
+
+
+def reflection_pool() -> descriptor_pool.DescriptorPool:
+    """Every service this server offers, for reflection (ours live in a pool of their own)."""
+    pool = descriptor_pool.DescriptorPool()
+    for module in (mc, pb, health_pb2, reflection_pb2):
+        pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return pool
+
+
+def address(host: str, port: int) -> str:
+    """host:port, with an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class GrpcServer:
+    """inference.GRPCInferenceService + health + reflection on one port."""
+
+    def __init__(self, settings: Settings, dp: DataPlane, metrics: Metrics | None,
+                 version: str) -> None:  # fmt: skip
+        self.settings = settings
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_body_bytes),
+                ("grpc.max_send_message_length", -1),
+                ("grpc.so_reuseport", 1 if settings.grpc_reuse_port else 0),
+            ]
+        )
+        self.servicer = InferenceServicer(dp, settings.api_keys, metrics, version)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
+        self.health = ReadinessHealth(dp, (SERVICE,))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        services = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        reflection.enable_server_reflection(
+            (*services, reflection.SERVICE_NAME), self.server, pool=reflection_pool()
+        )
+        self.address = address(settings.grpc_host or settings.host, settings.grpc_port)
+        self.port = self.server.add_insecure_port(self.address)  # raises when it cannot bind
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.health.start()
+        log.info("gRPC on %s", self.address)
+
+    async def stop(self, grace: float | None) -> None:
+        """NOT_SERVING first, then let calls in flight finish for up to `grace` seconds."""
+        await self.health.stop()
+        await self.server.stop(grace)

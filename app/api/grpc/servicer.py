@@ -1,0 +1,280 @@
+"""`inference.GRPCInferenceService`: KServe v2's RPCs and Triton's ModelStreamInfer.
+
+Each unary RPC runs through `_unary`: API key (the `authorization: Bearer <key>` metadata,
+except for ServerLive and ServerReady, the health checks), then the handler, then the one
+mapping of any failure to a status code and the REST endpoint's message (status.py), and the
+call counted by method and code. Inference decodes the protobuf request (codec.py) and hands
+it to app/api/v2/protocol.py, as the REST endpoint does, so both run the same checks,
+limits and sequence rules on the same data plane. The repository RPCs answer UNIMPLEMENTED:
+models are loaded from PEEPHOLE_MODEL_REPOSITORY at start.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from app.api.grpc import codec
+from app.api.grpc import status as gstatus
+from app.api.grpc._proto import grpc_service_pb2 as pb
+from app.api.grpc._proto import grpc_service_pb2_grpc as pb_grpc
+from app.api.grpc._proto import model_config_pb2 as mc
+from app.api.grpc.stream import answer_stream
+from app.api.v2 import protocol
+from app.dataplane import DataPlane
+from app.edge.auth import key_matches, parse_bearer
+from app.errors import ModelNotFound, PeepholeError, Unauthorized, as_peephole, status_error
+from app.metrics import Metrics
+
+log = logging.getLogger("peephole.grpc")
+
+SERVICE = "inference.GRPCInferenceService"
+_OK = grpc.StatusCode.OK
+R = TypeVar("R")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+class Meter:
+    """Calls by method and code, and stream messages by code (children cached: hot path)."""
+
+    def __init__(self, metrics: Metrics | None) -> None:
+        self.metrics = metrics
+        self._calls: dict[tuple[str, str], Any] = {}
+        self._latency: dict[str, Any] = {}
+        self._messages: dict[str, Any] = {}
+
+    def call(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        if self.metrics is None:
+            return
+        name = code.name
+        counter = self._calls.get((method, name))
+        if counter is None:
+            counter = self._calls[(method, name)] = self.metrics.grpc_requests.labels(method, name)
+        latency = self._latency.get(method)
+        if latency is None:
+            latency = self._latency[method] = self.metrics.grpc_latency.labels(method)
+        counter.inc()
+        latency.observe(seconds)
+
+    def message(self, code: grpc.StatusCode) -> None:
+        if self.metrics is None:
+            return
+        counter = self._messages.get(code.name)
+        if counter is None:
+            counter = self._messages[code.name] = self.metrics.grpc_stream_messages.labels(
+                code.name
+            )
+        counter.inc()
+
+
+def _unary(method: str, *, open_: bool = False) -> Callable[[Handler], Handler]:
+    """Key check, error mapping and metrics around one unary RPC handler."""
+
+    def wrap(fn: Handler) -> Handler:
+        async def rpc(self: InferenceServicer, request: Any,
+                      context: grpc.aio.ServicerContext) -> Any:  # fmt: skip
+            t0 = time.perf_counter()
+            code = _OK
+            try:
+                if not open_:
+                    self.authorize(context)
+                return await fn(self, request, context)
+            except Exception as exc:
+                err = self.error(exc, method)
+                code = gstatus.code_of(err)
+                await context.abort(code, err.detail, gstatus.trailers(err))
+            finally:
+                self.meter.call(method, code, time.perf_counter() - t0)
+
+        rpc.__name__ = fn.__name__
+        rpc.__doc__ = fn.__doc__
+        return rpc
+
+    return wrap
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """The RPCs of KServe v2 and Triton on one data plane."""
+
+    def __init__(self, dp: DataPlane, keys: list[str], metrics: Metrics | None,
+                 version: str) -> None:  # fmt: skip
+        self.dp = dp
+        self.keys = list(keys)
+        self.meter = Meter(metrics)
+        self.version = version
+
+    # -- shared --------------------------------------------------------------------------
+
+    def authorize(self, context: grpc.aio.ServicerContext) -> None:
+        """PEEPHOLE_API_KEYS: `authorization: Bearer <key>` in the call's metadata."""
+        if not self.keys:
+            return
+        token = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and isinstance(value, str):
+                token = parse_bearer(value)
+                break
+        if token is None or not key_matches(token, self.keys):
+            raise Unauthorized()
+
+    @staticmethod
+    def error(exc: BaseException, method: str) -> PeepholeError:
+        """Any failure as our error; unexpected ones are logged and become INTERNAL."""
+        err = as_peephole(exc) if isinstance(exc, Exception) else None
+        if err is None:
+            log.error("unhandled error in %s", method, exc_info=exc)
+            return gstatus.INTERNAL
+        return err
+
+    async def infer(self, request: Any) -> Any:
+        """One `ModelInferRequest` -> `ModelInferResponse`; raises our errors."""
+        engine = self.dp.model(request.model_name, request.model_version or None)
+        req = codec.decode_request(request)
+        out = await protocol.infer(self.dp, engine, req)
+        return codec.encode_response(engine.name, engine.version, req.id, out)
+
+    async def answer(self, request: Any) -> Any:
+        """A stream's answer to one request: its response, or its error in `error_message`
+        (with the request's id, so that a client of many sequences knows which failed)."""
+        try:
+            response = await self.infer(request)
+        except Exception as exc:
+            err = self.error(exc, "ModelStreamInfer")
+            self.meter.message(gstatus.code_of(err))
+            failed = pb.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version, id=request.id
+            )
+            return pb.ModelStreamInferResponse(error_message=err.detail, infer_response=failed)
+        self.meter.message(_OK)
+        return pb.ModelStreamInferResponse(infer_response=response)
+
+    def order_key(self, request: Any) -> tuple[str, int, int | str] | None:
+        """Requests with the same key are answered in order: model version and sequence id."""
+        p = request.parameters.get("sequence_id")
+        which = None if p is None else p.WhichOneof("parameter_choice")
+        if which is None:
+            return None
+        seq = getattr(p, which)
+        if not seq or type(seq) not in (int, str):
+            return None
+        try:
+            engine = self.dp.model(request.model_name, request.model_version or None)
+        except PeepholeError:
+            return None
+        return engine.name, engine.version, seq
+
+    # -- health and metadata -------------------------------------------------------------
+
+    @_unary("ServerLive", open_=True)
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        """Live while the process runs (open, like /v2/health/live)."""
+        return pb.ServerLiveResponse(live=True)
+
+    @_unary("ServerReady", open_=True)
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        """Every accepted model loaded and the session store answering (open)."""
+        ok, _ = await self.dp.ready()
+        return pb.ServerReadyResponse(ready=ok)
+
+    @_unary("ModelReady")
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        """A served version is loaded; an unknown one is not ready (Triton answers so too)."""
+        try:
+            self.dp.model(request.name, request.version or None)
+        except ModelNotFound:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    @_unary("ServerMetadata")
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(
+            name=protocol.SERVER_NAME, version=self.version, extensions=protocol.EXTENSIONS
+        )
+
+    @_unary("ModelMetadata")
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        """Tensors of a version (newest when `version` is empty): x in, y out, states both."""
+        meta = protocol.model_metadata(self.dp, request.name, request.version or None)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    @_unary("ModelConfig")
+    async def ModelConfig(self, request: Any, context: Any) -> Any:
+        """The configuration Triton would show for this model: explicit batch dimension
+        (max_batch_size 0), FP32 tensors, and the sequence batcher (idle = session TTL)."""
+        meta = protocol.model_metadata(self.dp, request.name, request.version or None)
+
+        def tensor(kind: type, t: dict[str, Any], **kw: Any) -> Any:
+            return kind(name=t["name"], data_type=mc.TYPE_FP32, dims=t["shape"], **kw)
+
+        x, *states = meta["inputs"]
+
+        idle_us = self.dp.settings.session_ttl_seconds * 1_000_000
+        config = mc.ModelConfig(
+            name=meta["name"],
+            platform=meta["platform"],
+            backend="onnxruntime",
+            max_batch_size=0,
+            input=[
+                tensor(mc.ModelInput, x),
+                *(tensor(mc.ModelInput, t, optional=True) for t in states),
+            ],
+            output=[tensor(mc.ModelOutput, t) for t in meta["outputs"]],
+            sequence_batching=mc.ModelSequenceBatching(max_sequence_idle_microseconds=idle_us),
+        )
+        return pb.ModelConfigResponse(config=config)
+
+    # -- inference -----------------------------------------------------------------------
+
+    @_unary("ModelInfer")
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        """Stateless, or one request of a sequence (`sequence_id` parameters, batch 1)."""
+        return await self.infer(request)
+
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> Any:
+        """Bidirectional: each request answered by one response, in order per sequence; a
+        failed request is answered with `error_message` and the stream stays open."""
+        t0 = time.perf_counter()
+        code = _OK
+        try:
+            self.authorize(context)
+            async for response in answer_stream(self.answer, self.order_key, request_iterator):
+                yield response
+        except Exception as exc:
+            err = self.error(exc, "ModelStreamInfer")
+            code = gstatus.code_of(err)
+            await context.abort(code, err.detail)
+        finally:
+            self.meter.call("ModelStreamInfer", code, time.perf_counter() - t0)
+
+    # -- model repository ------------------------------------------------------------------
+
+    @_unary("RepositoryIndex")
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        raise _no_model_control()
+
+    @_unary("RepositoryModelLoad")
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        raise _no_model_control()
+
+    @_unary("RepositoryModelUnload")
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        raise _no_model_control()
+
+
+def _no_model_control() -> PeepholeError:
+    return status_error(
+        501,
+        "model control is not available: the models of PEEPHOLE_MODEL_REPOSITORY are loaded "
+        "when the server starts",
+    )
