@@ -42,9 +42,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PEEPHOLE_HOST=0.0.0.0 \
     PEEPHOLE_PORT=8000 \
+    PEEPHOLE_GRPC_PORT=8001 \
     PEEPHOLE_MODEL_REPOSITORY=/srv/models
 USER peephole
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD python3 -c "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('PEEPHOLE_PORT','8000'), timeout=2)" || exit 1
 CMD ["python3", "-m", "app"]

@@ -11,21 +11,23 @@ as the REST endpoint's JSON.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
-from app.api.grpc._proto import grpc_service_pb2 as pb
 from app.api.v2.protocol import (
     FP32,
     InferOutcome,
     InferRequest,
     RequestedOutput,
-    check_byte_size,
-    check_datatype,
-    check_finite,
-    check_shape,
+    bad_byte_size,
+    bad_datatype,
+    bad_shape,
+    finite,
     flag,
+    not_finite,
     requested_output,
     sequence_id,
     step_offset,
@@ -34,6 +36,7 @@ from app.errors import InvalidInput
 
 _LE_FP32 = np.dtype("<f4")
 _ONEOF = "parameter_choice"
+_KNOWN = ("sequence_id", "sequence_start", "sequence_end", "offset")
 # Typed contents of other datatypes: a value there is a mistake worth naming.
 _OTHER_CONTENTS = (
     "bool_contents",
@@ -46,12 +49,49 @@ _OTHER_CONTENTS = (
 )
 
 
-def parameters(m: Any) -> dict[str, Any]:
-    """An `InferParameter` map as plain values; an unset oneof is None."""
-    out: dict[str, Any] = {}
-    for key, p in m.items():
-        which = p.WhichOneof(_ONEOF)
-        out[key] = None if which is None else getattr(p, which)
+class Malformed:
+    """A message that is not valid protobuf of its type, kept so that its call (or its turn
+    on a stream) answers INVALID_ARGUMENT instead of failing inside grpc as INTERNAL."""
+
+    __slots__ = ("kind", "why")
+
+    def __init__(self, kind: str, why: str) -> None:
+        self.kind, self.why = kind, why
+
+    def error(self) -> InvalidInput:
+        return InvalidInput(f"the message is not a valid {self.kind} protobuf message: {self.why}")
+
+
+def parser(cls: Any) -> Callable[[bytes], Any]:
+    """`cls.FromString`, but a message that does not parse becomes a `Malformed`."""
+    kind = cls.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Any:
+        try:
+            return cls.FromString(data)
+        except DecodeError as e:
+            return Malformed(kind, str(e) or "cannot decode")
+
+    return parse
+
+
+def value(p: Any) -> Any:
+    """One `InferParameter` as a plain value (which oneof field is set decides the type)."""
+    which = p.WhichOneof(_ONEOF)
+    return None if which is None else getattr(p, which)
+
+
+def parameters(m: Any, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """An `InferParameter` map as plain values: every entry, or only `keys` (faster)."""
+    if not m:
+        return {}
+    if keys is None:
+        return {key: value(p) for key, p in m.items()}
+    out = {}
+    for key in keys:
+        p = m.get(key)
+        if p is not None:
+            out[key] = value(p)
     return out
 
 
@@ -68,44 +108,54 @@ def _contents(where: str, t: Any, count: int) -> np.ndarray:
     return np.array(values, dtype=np.float32)
 
 
+def _input(i: int, t: Any, raw: Any) -> tuple[str, np.ndarray]:
+    """One input tensor as (name, float32 array of its shape); `raw` its blob or None."""
+    name = t.name
+    if not name:
+        raise InvalidInput(f"inputs[{i}].name must be a non-empty string")
+    if t.datatype != FP32:
+        raise bad_datatype(f"input {name!r}", t.datatype)
+    shape = tuple(t.shape)
+    if shape and min(shape) < 0:
+        raise bad_shape(f"input {name!r}")
+    if raw is not None:
+        if t.HasField("contents"):
+            raise InvalidInput(f"input {name!r} has contents while raw_input_contents is used")
+        if len(raw) != math.prod(shape) * 4:
+            raise bad_byte_size(f"input {name!r}", f"raw_input_contents[{i}]", len(raw), shape)
+        arr = np.frombuffer(raw, dtype=_LE_FP32).reshape(shape)
+    elif t.HasField("contents"):
+        arr = _contents(f"input {name!r}", t, math.prod(shape)).reshape(shape)
+    else:
+        raise InvalidInput(f"input {name!r} has neither contents nor raw_input_contents")
+    if not finite(arr):
+        raise not_finite(f"input {name!r}")
+    return name, arr
+
+
 def decode_request(req: Any) -> InferRequest:
     """A `ModelInferRequest` as the protocol's request (FP32 arrays by input name)."""
     tensors = req.inputs
-    if not tensors:
+    n = len(tensors)
+    if not n:
         raise InvalidInput("inputs must be a non-empty list of tensors")
     raw = req.raw_input_contents
-    if raw and len(raw) != len(tensors):
+    if raw and len(raw) != n:
         raise InvalidInput(
-            f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs: send one "
-            "per input, in input order"
+            f"raw_input_contents has {len(raw)} entries for {n} inputs: send one per input, "
+            "in input order"
         )
     inputs: dict[str, np.ndarray] = {}
-    for i, t in enumerate(tensors):
-        if not t.name:
-            raise InvalidInput(f"inputs[{i}].name must be a non-empty string")
-        where = f"input {t.name!r}"
-        check_datatype(where, t.datatype)
-        shape = check_shape(where, list(t.shape))
-        count = math.prod(shape)
-        if raw:
-            if t.HasField("contents"):
-                raise InvalidInput(f"{where} has contents while raw_input_contents is used")
-            blob = raw[i]
-            check_byte_size(where, f"raw_input_contents[{i}]", len(blob), shape, count)
-            arr = np.frombuffer(blob, dtype=_LE_FP32)
-        elif t.HasField("contents"):
-            arr = _contents(where, t, count)
-        else:
-            raise InvalidInput(f"{where} has neither contents nor raw_input_contents")
-        check_finite(where, arr)
-        if t.name in inputs:
-            raise InvalidInput(f"input {t.name!r} appears twice")
-        inputs[t.name] = arr.reshape(shape)
+    for i in range(n):
+        name, arr = _input(i, tensors[i], raw[i] if raw else None)
+        if name in inputs:
+            raise InvalidInput(f"input {name!r} appears twice")
+        inputs[name] = arr
     outputs: list[RequestedOutput] | None = None
     if req.outputs:
         seen: set[str] = set()
         outputs = [requested_output(o.name, parameters(o.parameters), seen) for o in req.outputs]
-    params = parameters(req.parameters)
+    params = parameters(req.parameters, _KNOWN)
     return InferRequest(
         id=req.id or None,
         inputs=inputs,
@@ -129,19 +179,19 @@ def _set_parameter(p: Any, value: Any) -> None:
         p.string_param = str(value)
 
 
-def response(name: str, version: int, request_id: str | None) -> Any:
-    """An empty `ModelInferResponse` of a model version (errors on a stream carry one too)."""
-    return pb.ModelInferResponse(model_name=name, model_version=str(version), id=request_id or "")
-
-
-def encode_response(name: str, version: int, request_id: str | None, out: InferOutcome) -> Any:
-    """A `ModelInferResponse` with the outputs as raw little-endian bytes, in request order."""
-    resp = response(name, version, request_id)
+def encode_response(resp: Any, name: str, version: int, request_id: str | None,
+                    out: InferOutcome) -> Any:  # fmt: skip
+    """Fill the `ModelInferResponse` `resp`: outputs as raw little-endian bytes, in request
+    order, and the response parameters. (Filled in place: a stream response holds one.)"""
+    resp.model_name = name
+    resp.model_version = str(version)
+    if request_id:
+        resp.id = request_id
     outputs, raw = resp.outputs, resp.raw_output_contents
     for o, arr in out.tensors:
         a = np.ascontiguousarray(arr, dtype=_LE_FP32)
         outputs.add(name=o.name, datatype=FP32, shape=a.shape)
         raw.append(a.tobytes())
-    for key, value in out.parameters.items():
-        _set_parameter(resp.parameters[key], value)
+    for key, v in out.parameters.items():
+        _set_parameter(resp.parameters[key], v)
     return resp

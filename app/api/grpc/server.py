@@ -18,8 +18,8 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from app.api.grpc import codec
 from app.api.grpc._proto import grpc_service_pb2 as pb
-from app.api.grpc._proto import grpc_service_pb2_grpc as pb_grpc
 from app.api.grpc._proto import model_config_pb2 as mc
 from app.api.grpc.health import ReadinessHealth
 from app.api.grpc.servicer import SERVICE, InferenceServicer
@@ -28,6 +28,28 @@ from app.dataplane import DataPlane
 from app.metrics import Metrics
 
 log = logging.getLogger("peephole.grpc")
+
+
+def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
+    """Every RPC of the service, from its descriptor, as the generated `add_..._to_server`
+    would register them, except that a request that is not valid protobuf reaches the
+    servicer as `codec.Malformed` (answered INVALID_ARGUMENT, a stream stays open), and an
+    RPC the servicer does not implement answers UNIMPLEMENTED saying so."""
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {}
+    for m in pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods:
+        request, response = getattr(pb, m.input_type.name), getattr(pb, m.output_type.name)
+        handlers[m.name] = make[m.client_streaming, m.server_streaming](
+            servicer.method(m.name),
+            request_deserializer=codec.parser(request),
+            response_serializer=response.SerializeToString,
+        )
+    return handlers
 
 
 def reflection_pool() -> descriptor_pool.DescriptorPool:
@@ -57,7 +79,11 @@ class GrpcServer:
             ]
         )
         self.servicer = InferenceServicer(dp, settings.api_keys, metrics, version)
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, self.server)
+        handlers = method_handlers(self.servicer)
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, handlers),)
+        )
+        self.server.add_registered_method_handlers(SERVICE, handlers)
         self.health = ReadinessHealth(dp, (SERVICE,))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         services = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)

@@ -82,6 +82,8 @@ def _unary(method: str, *, open_: bool = False) -> Callable[[Handler], Handler]:
             try:
                 if not open_:
                     self.authorize(context)
+                if type(request) is codec.Malformed:
+                    raise request.error()
                 return await fn(self, request, context)
             except Exception as exc:
                 err = self.error(exc, method)
@@ -130,30 +132,39 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return gstatus.INTERNAL
         return err
 
-    async def infer(self, request: Any) -> Any:
-        """One `ModelInferRequest` -> `ModelInferResponse`; raises our errors."""
+    async def infer(self, request: Any, response: Any) -> Any:
+        """Answer one `ModelInferRequest` into the `ModelInferResponse` `response`; raises
+        our errors."""
+        if type(request) is codec.Malformed:
+            raise request.error()
         engine = self.dp.model(request.model_name, request.model_version or None)
         req = codec.decode_request(request)
         out = await protocol.infer(self.dp, engine, req)
-        return codec.encode_response(engine.name, engine.version, req.id, out)
+        return codec.encode_response(response, engine.name, engine.version, req.id, out)
 
     async def answer(self, request: Any) -> Any:
         """A stream's answer to one request: its response, or its error in `error_message`
         (with the request's id, so that a client of many sequences knows which failed)."""
+        answer = pb.ModelStreamInferResponse()
         try:
-            response = await self.infer(request)
+            await self.infer(request, answer.infer_response)
         except Exception as exc:
             err = self.error(exc, "ModelStreamInfer")
             self.meter.message(gstatus.code_of(err))
-            failed = pb.ModelInferResponse(
-                model_name=request.model_name, model_version=request.model_version, id=request.id
-            )
-            return pb.ModelStreamInferResponse(error_message=err.detail, infer_response=failed)
+            answer = pb.ModelStreamInferResponse(error_message=err.detail)
+            if type(request) is not codec.Malformed:
+                failed = answer.infer_response
+                failed.model_name = request.model_name
+                failed.model_version = request.model_version
+                failed.id = request.id
+            return answer
         self.meter.message(_OK)
-        return pb.ModelStreamInferResponse(infer_response=response)
+        return answer
 
     def order_key(self, request: Any) -> tuple[str, int, int | str] | None:
         """Requests with the same key are answered in order: model version and sequence id."""
+        if type(request) is codec.Malformed:
+            return None
         p = request.parameters.get("sequence_id")
         which = None if p is None else p.WhichOneof("parameter_choice")
         if which is None:
@@ -166,6 +177,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except PeepholeError:
             return None
         return engine.name, engine.version, seq
+
+    def method(self, name: str) -> Callable[..., Any]:
+        """The handler of RPC `name`: ours, or UNIMPLEMENTED with a reason."""
+        own = getattr(type(self), name, None)
+        if own is not None and own is not getattr(pb_grpc.GRPCInferenceServiceServicer, name):
+            return getattr(self, name)  # type: ignore[no-any-return]
+
+        @_unary(name)
+        async def unimplemented(self: InferenceServicer, request: Any, context: Any) -> Any:
+            raise status_error(501, f"{name} is not implemented by this server")
+
+        return lambda request, context: unimplemented(self, request, context)
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -239,7 +262,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     @_unary("ModelInfer")
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         """Stateless, or one request of a sequence (`sequence_id` parameters, batch 1)."""
-        return await self.infer(request)
+        return await self.infer(request, pb.ModelInferResponse())
 
     async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> Any:
         """Bidirectional: each request answered by one response, in order per sequence; a

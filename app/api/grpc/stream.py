@@ -32,27 +32,26 @@ async def answer_stream(answer: Answer, order_key: OrderKey,
     tails: dict[Hashable, asyncio.Task[None]] = {}  # key -> its latest request's task
     running: set[asyncio.Task[None]] = set()
 
-    async def one(request: Any, before: asyncio.Task[None] | None) -> None:
+    async def one(request: Any, key: Hashable | None, before: asyncio.Task[None] | None) -> None:
         try:
             if before is not None and not before.done():
                 await asyncio.wait((before,))
             out.put_nowait(await answer(request))
         finally:
             slots.release()
-
-    def forget(task: asyncio.Task[None], key: Hashable | None) -> None:
-        running.discard(task)
-        if key is not None and tails.get(key) is task:
-            del tails[key]
+            task = asyncio.current_task()
+            running.discard(task)  # type: ignore[arg-type]
+            if key is not None and tails.get(key) is task:
+                del tails[key]
 
     async def read() -> None:
         try:
             async for request in requests:
                 await slots.acquire()
                 key = order_key(request)
-                task = loop.create_task(one(request, tails.get(key) if key is not None else None))
+                before = tails.get(key) if key is not None else None
+                task = loop.create_task(one(request, key, before))
                 running.add(task)
-                task.add_done_callback(lambda t, k=key: forget(t, k))
                 if key is not None:
                     tails[key] = task
             if running:
@@ -62,7 +61,10 @@ async def answer_stream(answer: Answer, order_key: OrderKey,
 
     reader = loop.create_task(read())
     try:
-        while (item := await out.get()) is not _END:
+        while True:
+            item = out.get_nowait() if out.qsize() else await out.get()
+            if item is _END:
+                break
             yield item
         if not reader.cancelled() and reader.exception() is not None:
             raise reader.exception()  # type: ignore[misc]
