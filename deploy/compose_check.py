@@ -5,8 +5,10 @@
 Checks, each printed as one line: predict works; a session streamed in chunks through the
 load balancer (so alternately served by the replicas) equals one whole predict; the stream
 goes on after a replica is killed and after it is back; 20 concurrent steps give offsets
-exactly 1..20; a session survives a Redis restart (append-only file). Exits non-zero on the
-first failure. Used by deploy/compose-test.sh; needs only httpx and numpy.
+exactly 1..20; a session survives a Redis restart (append-only file); with --grpc, a sequence
+streamed over gRPC through the balancer (ModelStreamInfer, tritonclient.grpc), continued over
+/v2 REST and ended over gRPC again, equals the whole predict. Exits non-zero on the first
+failure. Used by deploy/compose-test.sh; needs httpx and numpy (and tritonclient for --grpc).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main() -> None:
     ap.add_argument("--kill-cmd", help="command that kills one replica")
     ap.add_argument("--start-cmd", help="command that starts it again")
     ap.add_argument("--redis-restart-cmd", help="command that restarts Redis")
+    ap.add_argument("--grpc", help="host:port of the balancer's gRPC address")
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     c = httpx.Client(base_url=a.url, timeout=30)
@@ -109,7 +112,52 @@ def main() -> None:
     if offsets != list(range(1, 21)):
         sys.exit(f"FAIL concurrent offsets {offsets}")
     print("ok   20 concurrent steps -> offsets exactly 1..20")
+    if a.grpc:
+        grpc_check(a.grpc, a.url, name, x, whole)
     print("all checks passed")
+
+
+def grpc_check(target: str, url: str, name: str, x: np.ndarray, whole: np.ndarray) -> None:
+    """Chunks over one gRPC stream, then /v2 REST, then a second stream: one sequence."""
+    import queue
+
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+
+    answers: queue.Queue = queue.Queue()
+    g = tg.InferenceServerClient(target)
+    outs: list[np.ndarray] = []
+
+    def stream(a: int, b: int, start: bool = False, end: bool = False) -> None:
+        g.start_stream(callback=lambda result, error: answers.put((result, error)))
+        for i in range(a, b, 5):
+            inp = tg.InferInput("x", [1, min(b, i + 5) - i, x.shape[1]], "FP32")
+            inp.set_data_from_numpy(x[None, i : min(b, i + 5)].astype(np.float32))
+            first, last = start and i == a, end and i + 5 >= b
+            g.async_stream_infer(name, [inp], sequence_id="compose-check", sequence_start=first,
+                                 sequence_end=last, parameters={"offset": i})  # fmt: skip
+        for _ in range(a, b, 5):
+            result, error = answers.get(timeout=30)
+            if error is not None:
+                sys.exit(f"FAIL gRPC stream: {error}")
+            outs.append(result.as_numpy("y")[0])
+        g.stop_stream()
+
+    stream(0, 20, start=True)
+    rest = th.InferenceServerClient(url.removeprefix("http://"))
+    inp = th.InferInput("x", [1, 20, x.shape[1]], "FP32")
+    inp.set_data_from_numpy(x[None, 20:40].astype(np.float32), binary_data=True)
+    outs.append(rest.infer(name, [inp], sequence_id="compose-check",
+                           parameters={"offset": 20}).as_numpy("y")[0])  # fmt: skip
+    stream(40, len(x), end=True)
+    g.close()
+    err = float(np.abs(np.concatenate(outs) - whole).max())
+    if err > 1e-5:
+        sys.exit(f"FAIL gRPC + REST sequence differs from the whole predict by {err:.3g}")
+    print(
+        f"ok   gRPC stream -> /v2 REST -> gRPC stream through {target} == whole predict "
+        f"(max abs diff {err:.2g})"
+    )
 
 
 if __name__ == "__main__":
