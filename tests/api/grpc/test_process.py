@@ -3,6 +3,8 @@ sequence stepped over fresh connections, so over either worker, equals the whole
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 
@@ -28,7 +30,11 @@ def test_two_workers_serve_grpc(models: RepoModels) -> None:
     port = free_port()
     app = App(models.repo, 2, PEEPHOLE_GRPC_PORT=str(port))
     try:
-        assert len(app.workers()) == 2 and listening_sockets(port) == 2
+        assert len(app.workers()) == 2
+        deadline = time.monotonic() + 60  # ready answers when one worker is; wait for both
+        while listening_sockets(port) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert listening_sockets(port) == 2
         x = np.random.default_rng(2).normal(size=(1, 12, 3)).astype(np.float32)
         cuts, ys = [0, 2, 3, 7, 12], []
         for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
