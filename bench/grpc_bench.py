@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -167,10 +168,8 @@ def pin_tree(root: int, cpus: set[int]) -> None:
     while todo:
         pid = todo.pop()
         for task in os.listdir(f"/proc/{pid}/task"):
-            try:
+            with contextlib.suppress(OSError):  # a thread may have ended meanwhile
                 os.sched_setaffinity(int(task), cpus)
-            except OSError:
-                pass
         try:
             with open(f"/proc/{pid}/task/{pid}/children") as f:
                 todo += [int(c) for c in f.read().split()]
@@ -210,7 +209,8 @@ def grpc_case(kind: str, server_pid: int, target: str, n: int, channels: int,
             cpu1 = tree_cpu(server_pid)
             out = json.loads(line.split(" ", 1)[1])
     if proc.wait(timeout=60) or not out:
-        raise RuntimeError(f"gRPC {kind} client failed:\n{proc.stderr.read() if proc.stderr else ''}")
+        err = proc.stderr.read() if proc.stderr else ""
+        raise RuntimeError(f"gRPC {kind} client failed:\n{err}")
     steps = out["ok"]
     r = Result(steps / out["seconds"], out["p50_ms"], out["p99_ms"],
                out["errors"] + out["bad_offsets"], steps)  # fmt: skip
@@ -233,7 +233,8 @@ def v2_case(svc: http_bench.Service, work: Path, conns: int, warmup: int, durati
 
 def line(name: str, case: str, r: Result) -> None:
     print(f"  {name:<26} {case:<36} {r.rps:9.1f} steps/s  p50 {r.p50:7.2f} ms  "
-          f"p99 {r.p99:7.2f} ms  errors {r.errors}  cpu {r.cpu_us:6.0f} us/step", flush=True)  # fmt: skip
+          f"p99 {r.p99:7.2f} ms  errors {r.errors}  cpu {r.cpu_us:6.0f} us/step",
+          flush=True)  # fmt: skip
 
 
 def ratios(rounds: list[dict[str, Result]], num: str, den: str, label: str) -> None:
@@ -323,8 +324,9 @@ def main() -> int:
                 line("Peephole gRPC", "ModelInfer T=10, 16 in flight", r["gRPC unary"])
             finally:
                 svc.close()
-                if log:
-                    print("  server log (last lines):\n    " + "\n    ".join(log[-10:]))
+                ours = [ln for ln in log if "peephole.grpc" in ln]
+                if ours:  # what the gRPC endpoint logged (errors only at this log level)
+                    print("  gRPC server log:\n    " + "\n    ".join(ours[-10:]))
             rounds.append(r)
         print("\nratios (steps/s over steps/s, same round)")
         ratios(rounds, "gRPC stream", "HTTP steps", "stream / HTTP /v1 steps (goal >= 2x)")

@@ -26,11 +26,9 @@ from app.api.v2.protocol import (
     bad_datatype,
     bad_shape,
     finite,
-    flag,
+    infer_request,
     not_finite,
     requested_output,
-    sequence_id,
-    step_offset,
 )
 from app.errors import InvalidInput
 
@@ -155,17 +153,7 @@ def decode_request(req: Any) -> InferRequest:
     if req.outputs:
         seen: set[str] = set()
         outputs = [requested_output(o.name, parameters(o.parameters), seen) for o in req.outputs]
-    params = parameters(req.parameters, _KNOWN)
-    return InferRequest(
-        id=req.id or None,
-        inputs=inputs,
-        outputs=outputs,
-        binary_output=True,
-        sequence_id=sequence_id(params),
-        sequence_start=flag(params, "sequence_start"),
-        sequence_end=flag(params, "sequence_end"),
-        offset=step_offset(params),
-    )
+    return infer_request(req.id or None, inputs, outputs, True, parameters(req.parameters, _KNOWN))
 
 
 def _set_parameter(p: Any, value: Any) -> None:

@@ -35,7 +35,7 @@ class ReadinessHealth(health_aio.HealthServicer):
         self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> None:
-        ok, why = await self.dp.ready()
+        ok, _ = await self.dp.ready()
         for service in self.services:
             await self.set(service, SERVING if ok else NOT_SERVING)
 
@@ -46,7 +46,7 @@ class ReadinessHealth(health_aio.HealthServicer):
 
     async def start(self) -> None:
         await self.refresh()
-        self._task = asyncio.create_task(self._forever(), name="grpc-health")
+        self._task = asyncio.create_task(self._refresh_forever(), name="grpc-health")
 
     async def stop(self) -> None:
         await self.enter_graceful_shutdown()
@@ -56,7 +56,8 @@ class ReadinessHealth(health_aio.HealthServicer):
                 await self._task
             self._task = None
 
-    async def _forever(self) -> None:
+    async def _refresh_forever(self) -> None:
+        """Keeps `Watch` streams current (Check asks the data plane itself)."""
         while True:
             await asyncio.sleep(self.interval)
             try:

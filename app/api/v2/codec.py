@@ -29,10 +29,9 @@ from app.api.v2.protocol import (
     check_finite,
     check_shape,
     flag,
+    infer_request,
     kind,
     requested_output,
-    sequence_id,
-    step_offset,
 )
 from app.errors import InvalidInput, PayloadTooLarge
 
@@ -197,16 +196,7 @@ def decode_request(body: bytes, header_length: str | None = None) -> InferReques
         )
     binary_output = flag(params, "binary_data_output")
     outputs = _outputs(req.get("outputs"), binary_output)
-    return InferRequest(
-        id=rid,
-        inputs=inputs,
-        outputs=outputs,
-        binary_output=binary_output,
-        sequence_id=sequence_id(params),
-        sequence_start=flag(params, "sequence_start"),
-        sequence_end=flag(params, "sequence_end"),
-        offset=step_offset(params),
-    )
+    return infer_request(rid, inputs, outputs, binary_output, params)
 
 
 def encode_response(

@@ -144,6 +144,22 @@ def step_offset(params: dict[str, Any]) -> int | None:
     return v
 
 
+def infer_request(rid: str | None, inputs: dict[str, np.ndarray],
+                  outputs: list[RequestedOutput] | None, binary_output: bool,
+                  params: dict[str, Any]) -> InferRequest:  # fmt: skip
+    """The request, its sequence parameters checked (`params`: plain values by name)."""
+    return InferRequest(
+        id=rid,
+        inputs=inputs,
+        outputs=outputs,
+        binary_output=binary_output,
+        sequence_id=sequence_id(params),
+        sequence_start=flag(params, "sequence_start"),
+        sequence_end=flag(params, "sequence_end"),
+        offset=step_offset(params),
+    )
+
+
 def bad_datatype(where: str, dtype: Any) -> InvalidInput:
     known = type(dtype) is str and dtype in DATATYPES
     what = f"datatype {dtype}" if known else f"datatype {dtype!r} (unknown)"
