@@ -164,7 +164,7 @@ def test_malformed_unary_each_a_clear_status_and_the_sequence_untouched(
     assert stub.ServerLive(pb.ServerLiveRequest()).live
 
 
-def test_malformed_in_a_stream_answered_in_it(channel: grpc.Channel) -> None:
+def test_malformed_in_a_stream_answered_in_it(channel: grpc.Channel, client: httpx.Client) -> None:
     """Every case but the oversized message (which gRPC refuses by ending the call) on one
     stream: each answered by an error_message naming the problem, then a good step."""
     stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
@@ -184,3 +184,7 @@ def test_malformed_in_a_stream_answered_in_it(channel: grpc.Channel) -> None:
     (answer,) = stream(iter([tagged.SerializeToString()]))
     r = pb.ModelStreamInferResponse.FromString(answer)
     assert "batch 1" in r.error_message and r.infer_response.id == "tagged"
+    text = client.get("/metrics").text  # each message counted by the code of its answer
+    assert 'peephole_grpc_stream_messages_total{code="INVALID_ARGUMENT"}' in text
+    assert 'peephole_grpc_stream_messages_total{code="OK"}' in text
+    assert 'peephole_grpc_requests_total{code="OK",method="ModelStreamInfer"}' in text

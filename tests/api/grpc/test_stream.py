@@ -7,18 +7,24 @@ a sequence started over gRPC continues over /v2 REST and back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
+import random
+from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
 import tritonclient.http as th
 
-from tests.api.grpc.conftest import v1_predict, x_input, xs
+from app.api.grpc._proto import grpc_service_pb2_grpc as pb_grpc
+from app.sessions.memory import MemorySessionStore
+from tests.api.grpc.conftest import grpc_settings, output, request, v1_predict, x_input, xs
 from tests.live import LiveServer
-from tests.repo import LNSC, PLAIN
+from tests.repo import LNSC, PLAIN, RepoModels
 
 
 class Stream:
@@ -159,3 +165,47 @@ def test_sequence_crosses_protocols(
     rest.close()
     want = v1_predict(client, LNSC, x)["outputs"]
     np.testing.assert_allclose(np.concatenate(ys, axis=1), want, atol=1e-5)
+
+
+class Suspending(MemorySessionStore):
+    """Suspends for up to 5 ms (at random) before every access, as a store over
+    the network does: steps of one sequence no longer reach its lock in the order sent."""
+
+    async def create(self, session):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(random.random() * 0.005)
+        return await super().create(session)
+
+    @contextlib.asynccontextmanager
+    async def locked(self, session_id: str) -> AsyncIterator[Any]:
+        await asyncio.sleep(random.random() * 0.005)
+        async with super().locked(session_id) as s:
+            yield s
+
+
+def test_pipelined_steps_apply_in_order(models: RepoModels) -> None:
+    """60 one-step messages of three sequences, sent at once on one stream (a raw client:
+    tritonclient paces its sends), on a store that suspends: each sequence's steps are applied
+    in the order sent, while different sequences' steps are in flight together."""
+    seqs = {f"p-{k}": xs(LNSC, 1, 20) for k in "abc"}
+    messages = []
+    for t in range(20):
+        for seq, x in seqs.items():
+            r = request(LNSC, x[:, t : t + 1], sequence_id=seq, sequence_start=t == 0)
+            r.id = f"{seq}/{t}"
+            messages.append(r)
+    with LiveServer(grpc_settings(models), store=Suspending(max_sessions=10)) as server:
+        assert server.grpc_target is not None
+        with grpc.insecure_channel(server.grpc_target) as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            answers = list(stub.ModelStreamInfer(iter(messages)))
+            wholes = {
+                seq: output(stub.ModelInfer(request(LNSC, x)), "y") for seq, x in seqs.items()
+            }
+    got: dict[str, dict[int, np.ndarray]] = {seq: {} for seq in seqs}
+    for a in answers:
+        assert not a.error_message, a.error_message
+        seq, t = a.infer_response.id.rsplit("/", 1)
+        got[seq][int(t)] = output(a.infer_response, "y")
+    for seq in seqs:
+        y = np.concatenate([got[seq][t] for t in range(20)], axis=1)
+        np.testing.assert_allclose(y, wholes[seq], atol=1e-5)
