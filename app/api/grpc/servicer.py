@@ -11,6 +11,7 @@ models are loaded from PEEPHOLE_MODEL_REPOSITORY at start.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -85,6 +86,9 @@ def _unary(method: str, *, open_: bool = False) -> Callable[[Handler], Handler]:
                 if type(request) is codec.Malformed:
                     raise request.error()
                 return await fn(self, request, context)
+            except asyncio.CancelledError:  # the client went away
+                code = grpc.StatusCode.CANCELLED
+                raise
             except Exception as exc:
                 err = self.error(exc, method)
                 code = gstatus.code_of(err)
@@ -273,6 +277,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             self.authorize(context)
             async for response in answer_stream(self.answer, self.order_key, request_iterator):
                 yield response
+        except asyncio.CancelledError:  # the client went away
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:
             err = self.error(exc, "ModelStreamInfer")
             code = gstatus.code_of(err)
