@@ -45,6 +45,7 @@ _SUPERVISOR = "PEEPHOLE_SUPERVISOR_PID"
 FLAGS: dict[str, tuple[str, str]] = {
     "--host": ("PEEPHOLE_HOST", "address to listen on (default 127.0.0.1)"),
     "--port": ("PEEPHOLE_PORT", "port to listen on (default 8000)"),
+    "--grpc-port": ("PEEPHOLE_GRPC_PORT", "gRPC port (default 8001; 0 turns gRPC off)"),
     "--model-repository": ("PEEPHOLE_MODEL_REPOSITORY", "the model repository (default ./models)"),
     "--workers": (
         "PEEPHOLE_WORKERS",
@@ -97,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=prog,
         description="Serve the peephole LSTM models of a model repository over HTTP "
-        "(REST /v1, KServe v2 /v2, WebSocket streams, /ui).",
+        "(REST /v1, KServe v2 /v2, WebSocket streams, /ui) and gRPC (KServe v2 / Triton).",
         epilog="Precedence: flags, then PEEPHOLE_* environment variables, then a .env file in "
         "the working directory, then defaults. Every other setting is an environment variable "
         "only (README, Configuration).",
@@ -106,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
     _count.__name__ = "count"
     types: dict[str, dict[str, Any]] = {
         "--port": {"type": _port, "metavar": "PORT"},
+        "--grpc-port": {"type": _port, "metavar": "PORT"},
         "--model-repository": {"type": _directory, "metavar": "DIR"},
         "--workers": {"type": _count, "metavar": "N"},
         "--session-store": {"choices": ["memory", "lmdb", "redis"]},

@@ -1,5 +1,6 @@
-"""`python -m app` with two worker processes: each serves the gRPC port (SO_REUSEPORT), and a
-sequence stepped over fresh connections, so over either worker, equals the whole sequence."""
+"""`python -m app --workers 2 --grpc-port P`: each worker serves the gRPC port (SO_REUSEPORT),
+and a sequence stepped over fresh connections, so over either worker (sessions in the lmdb
+store), equals the whole sequence."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 
 from app.api.grpc._proto import grpc_service_pb2_grpc as pb_grpc
 from tests.api.grpc.conftest import output, request
+from tests.app.server import App
 from tests.live import free_port
-from tests.perf.test_workers import App
 from tests.repo import LNSC, RepoModels
 
 
@@ -28,7 +29,7 @@ def listening_sockets(port: int) -> int:
 
 def test_two_workers_serve_grpc(models: RepoModels) -> None:
     port = free_port()
-    app = App(models.repo, 2, PEEPHOLE_GRPC_PORT=str(port))
+    app = App(models.repo, "--workers", "2", "--session-store", "lmdb", "--grpc-port", str(port))
     try:
         assert len(app.workers()) == 2
         deadline = time.monotonic() + 60  # ready answers when one worker is; wait for both
