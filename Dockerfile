@@ -9,7 +9,7 @@
 # image (BASE_IMAGE) with cuDNN, and `--gpus all` (or compose's `gpu` profile) at run time.
 ARG BASE_IMAGE=debian:bookworm-slim
 
-# ---- build stage: a virtual environment with the serving dependencies only -------------
+# ---- build stage: a virtual environment with the serving dependencies only (the serve extra)
 FROM ${BASE_IMAGE} AS build
 ARG VARIANT=cpu
 ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -22,8 +22,9 @@ ENV PATH=/opt/venv/bin:$PATH PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY peephole ./peephole
 RUN pip install --upgrade pip setuptools wheel \
- && pip install . \
+ && pip install '.[serve]' \
  && if [ "$VARIANT" = "gpu" ]; then pip uninstall -y onnxruntime && pip install onnxruntime-gpu; fi \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/venv/lib/python3*/site-packages/pip /opt/venv/lib/python3*/site-packages/setuptools

@@ -27,10 +27,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from pydantic import ValidationError
+try:
+    from pydantic import ValidationError
 
-from app.config import Settings
-from app.sessions import describe_store
+    from app.config import Settings
+    from app.sessions import describe_store
+except ModuleNotFoundError as e:  # the client-only install (`pip install peephole`)
+    if (e.name or "").partition(".")[0] == "app":
+        raise
+    sys.exit(f"python -m app: {e.name} is missing; the server needs pip install 'peephole[serve]'")
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
