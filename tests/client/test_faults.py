@@ -27,7 +27,7 @@ from tests.redis.conftest import RedisServer, Replica
 pytestmark = pytest.mark.redis
 
 SESSIONS, STEPS = 20, 500  # step calls per session: 10,000 in all, of 1-3 time steps each
-TIMEOUT, HOLD = 0.75, 1.0  # the client's per-attempt timeout; how long the proxy holds data
+TIMEOUT, HOLD = 0.5, 0.6  # the client's per-attempt timeout; how long the proxy holds data
 PATIENT = Retry(retries=15, backoff=0.02, max_backoff=0.5, budget=30)
 
 
@@ -84,8 +84,8 @@ def cluster(
     store.start()
     replicas = [Replica(repo, store.url, PEEPHOLE_WORKERS="1") for _ in range(2)]
     try:
-        for r in replicas:
-            r.start()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(Replica.start, replicas))
         proxy = FaultProxy(
             lambda: [r.port for r in replicas], cut=0.02, delay=0.006, late=0.006, hold=HOLD
         )
