@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from peephole import AsyncClient, AsyncSession, Client, Retry
-from tests.service.conftest import LiveServer, make_settings
+from tests.live import LiveServer, make_settings
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models"
 MG, TC = "mackey-glass", "trace-conditioning"

@@ -15,7 +15,7 @@ import pytest
 from peephole import Client
 from peephole.cli import main
 from tests.client.conftest import KEY, MG, TC
-from tests.service.conftest import LiveServer, free_port
+from tests.live import LiveServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -26,7 +26,7 @@ from peephole import (
     Unavailable,
 )
 from tests.client.conftest import KEY, MG, TC
-from tests.service.conftest import LiveServer, free_port, make_settings
+from tests.live import LiveServer, free_port, make_settings
 
 RNG = np.random.default_rng(5)
 

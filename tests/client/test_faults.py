@@ -22,7 +22,7 @@ import redis
 from peephole import AsyncClient, Client, Retry, RetryStats
 from tests.client.conftest import MG
 from tests.client.faults import FaultProxy
-from tests.redis.conftest import RedisServer, Replica
+from tests.live import RedisServer, Replica
 
 pytestmark = pytest.mark.redis
 
@@ -78,11 +78,9 @@ class Killer(threading.Thread):
 
 @pytest.fixture(scope="module")
 def cluster(
-    repo: Path, tmp_path_factory: pytest.TempPathFactory
+    repo: Path, redis_server: RedisServer
 ) -> Iterator[tuple[FaultProxy, list[Replica], RedisServer]]:
-    store = RedisServer(tmp_path_factory.mktemp("client-redis"))
-    store.start()
-    replicas = [Replica(repo, store.url, PEEPHOLE_WORKERS="1") for _ in range(2)]
+    replicas = [Replica(repo, redis_server.url, PEEPHOLE_WORKERS="1") for _ in range(2)]
     try:
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(Replica.start, replicas))
@@ -90,11 +88,10 @@ def cluster(
             lambda: [r.port for r in replicas], cut=0.02, delay=0.006, late=0.006, hold=HOLD
         )
         with proxy:
-            yield proxy, replicas, store
+            yield proxy, replicas, redis_server
     finally:
         for r in replicas:
             r.stop()
-        store.stop()
 
 
 def plans(seed: int) -> list[list[np.ndarray]]:

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 from tests.client.conftest import KEY, MG
-from tests.service.conftest import LiveServer
+from tests.live import LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT_DEPS = {"httpx", "numpy", "websockets"}

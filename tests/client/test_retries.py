@@ -14,7 +14,7 @@ import pytest
 from peephole import Retry
 from tests.client.conftest import MG
 from tests.client.faults import FaultProxy
-from tests.service.conftest import LiveServer
+from tests.live import LiveServer
 
 HOLD, TIMEOUT = 0.6, 0.3
 RNG = np.random.default_rng(9)
