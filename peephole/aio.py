@@ -35,9 +35,8 @@ from peephole.protocol import (
     Step,
     T,
 )
-from peephole.retry import RetryStats
 from peephole.transport import (
-    Endpoint,
+    SocketBase,
     failure,
     message_reply,
     reply_of,
@@ -46,29 +45,15 @@ from peephole.transport import (
 )
 
 
-class _Socket:
-    """One session's WebSocket, opened on first use and again after any failure."""
-
-    def __init__(self, endpoint: Endpoint, path: str, stats: RetryStats) -> None:
-        self.endpoint, self.url, self.stats = endpoint, endpoint.ws_url(path), stats
-        self.conn: ClientConnection | None = None
-        self.broken = False
+class _Socket(SocketBase):
+    conn: ClientConnection | None = None
 
     async def exchange(self, text: str) -> Outcome:
-        timeout = self.endpoint.timeout
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self.endpoint.timeout):
                 if self.conn is None:
-                    if self.broken:
-                        self.stats.count("reconnect")
-                    self.conn = await connect(
-                        self.url,
-                        additional_headers=dict(self.endpoint.headers),
-                        compression=None,
-                        open_timeout=timeout,
-                        close_timeout=timeout,
-                        max_size=None,
-                    )
+                    self.connecting()
+                    self.conn = await connect(self.url, **self.endpoint.ws_options())
                 await self.conn.send(text)
                 return message_reply(await self.conn.recv())
         except Exception as e:

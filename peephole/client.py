@@ -27,9 +27,8 @@ from peephole.protocol import (
     Step,
     T,
 )
-from peephole.retry import RetryStats
 from peephole.transport import (
-    Endpoint,
+    SocketBase,
     failure,
     message_reply,
     reply_of,
@@ -38,31 +37,17 @@ from peephole.transport import (
 )
 
 
-class _Socket:
-    """One session's WebSocket, opened on first use and again after any failure."""
-
-    def __init__(self, endpoint: Endpoint, path: str, stats: RetryStats) -> None:
-        self.endpoint, self.url, self.stats = endpoint, endpoint.ws_url(path), stats
-        self.conn: ClientConnection | None = None
-        self.broken = False
+class _Socket(SocketBase):
+    conn: ClientConnection | None = None
 
     def exchange(self, text: str) -> Outcome:
-        timeout = self.endpoint.timeout
         try:
             if self.conn is None:
-                if self.broken:
-                    self.stats.count("reconnect")
+                self.connecting()
                 # Entered as a context manager: the form every websockets version supports.
-                self.conn = connect(
-                    self.url,
-                    additional_headers=dict(self.endpoint.headers),
-                    compression=None,
-                    open_timeout=timeout,
-                    close_timeout=timeout,
-                    max_size=None,
-                ).__enter__()
+                self.conn = connect(self.url, **self.endpoint.ws_options()).__enter__()
             self.conn.send(text)
-            return message_reply(self.conn.recv(timeout=timeout))
+            return message_reply(self.conn.recv(timeout=self.endpoint.timeout))
         except Exception as e:
             self.abort()
             if (outcome := socket_outcome(e)) is None:

@@ -12,6 +12,7 @@ import httpx
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from peephole.protocol import RETRY_STATUSES, Call, Failure, Outcome, Reply
+from peephole.retry import RetryStats
 
 # A WebSocket closed with these codes says why; the server sends the same reason as a
 # message first, which may be lost when the close wins the race.
@@ -45,6 +46,30 @@ class Endpoint:
 
     def ws_url(self, path: str) -> str:
         return "ws" + self.url[len("http") :] + path
+
+    def ws_options(self) -> dict[str, Any]:
+        """websockets' `connect` options, sync and asyncio alike (no compression: numbers
+        barely compress, and latency is what a stream is for)."""
+        return {
+            "additional_headers": dict(self.headers),
+            "compression": None,
+            "open_timeout": self.timeout,
+            "close_timeout": self.timeout,
+            "max_size": None,
+        }
+
+
+class SocketBase:
+    """One session's WebSocket, opened on first use and again after any failure (the
+    transports add connect, exchange, abort and close)."""
+
+    def __init__(self, endpoint: Endpoint, path: str, stats: RetryStats) -> None:
+        self.endpoint, self.url, self.stats = endpoint, endpoint.ws_url(path), stats
+        self.broken = False  # a connection failed: the next one is a reconnect
+
+    def connecting(self) -> None:
+        if self.broken:
+            self.stats.count("reconnect")
 
 
 def _json(content: bytes) -> Any:

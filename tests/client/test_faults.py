@@ -84,6 +84,9 @@ def cluster(
     try:
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(Replica.start, replicas))
+        for r in replicas:  # warm: a cold first request is not what the faults are about
+            with Client(r.url, timeout=60) as c, c.session(MG) as s:
+                s.step(np.full((2, 1), 0.9))
         proxy = FaultProxy(
             lambda: [r.port for r in replicas], cut=0.02, delay=0.006, late=0.006, hold=HOLD
         )
