@@ -6,6 +6,7 @@ whole-sequence predict for anything fed in chunks.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from peephole import (
+    AsyncClient,
     CapacityReached,
     InvalidInput,
     ModelNotFound,
@@ -25,7 +27,7 @@ from peephole import (
     Unauthorized,
     Unavailable,
 )
-from tests.client.conftest import KEY, MG, TC
+from tests.client.conftest import FAST, KEY, MG, TC
 from tests.live import LiveServer, free_port, make_settings
 
 RNG = np.random.default_rng(5)
@@ -311,3 +313,27 @@ def test_unavailable_after_the_retry_budget(connect: Any, repo: Any) -> None:
             c.session(MG)
         assert e.value.status_code == 503 and "store" in e.value.detail
         assert c.stats.retries["503"] == 1
+
+
+def test_async_context_managers_and_an_async_chunk_source(server: LiveServer) -> None:
+    x = series(12)
+
+    async def chunks() -> Any:
+        for c in np.split(x, 3):
+            yield c
+
+    async def main() -> tuple[np.ndarray, list[np.ndarray], int, str]:
+        async with AsyncClient(server.url, KEY, retries=FAST) as c:
+            whole = await c.predict(MG, x)
+            async with c.session(MG) as s:
+                outs = [y async for y in s.stream(chunks())]
+                async with s.fork() as f:
+                    offset = f.offset
+                sid = s.id
+            with pytest.raises(SessionNotFound):
+                await c.attach(sid)
+            return whole, outs, offset, sid
+
+    whole, outs, offset, _ = asyncio.run(main())
+    np.testing.assert_allclose(np.concatenate(outs), whole, atol=1e-5)
+    assert offset == 12
