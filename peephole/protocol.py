@@ -301,11 +301,10 @@ class Protocol:
         state: Mapping[str, Any] | None = None,
         offset: int | None = None,
     ) -> Op[SessionInfo]:
-        """POST /v1/sessions with an Idempotency-Key that every retry of this create reuses.
-
-        A server that honours the key answers a retried create with the session the first
-        attempt made; one that does not may leave that first session behind (it expires
-        after its TTL). The session this call returns is always a fresh, usable one.
+        """POST /v1/sessions with an Idempotency-Key that every retry of this create reuses,
+        so that a retry whose first attempt was applied gets that session back (the server
+        answers it with `Idempotent-Replayed: true`) instead of opening a second one. A server
+        that ignores the key would leave the first session to expire after its TTL.
         """
         body: dict[str, Any] = {"model": model}
         if version is not None:

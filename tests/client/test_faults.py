@@ -144,6 +144,7 @@ def check_and_report(
         f"extra sessions left by retried creates: {orphans}"
     )
     assert sum(faults.values()) > 0 and killer.kills == 1
+    assert orphans == 0  # a retried create got the session its first attempt opened
 
 
 def test_http_steps_exactly_once_under_faults(
