@@ -27,7 +27,7 @@ from tests.live import RedisServer, Replica
 pytestmark = pytest.mark.redis
 
 SESSIONS, STEPS = 20, 500  # step calls per session: 10,000 in all, of 1-3 time steps each
-TIMEOUT, HOLD = 0.5, 0.6  # the client's per-attempt timeout; how long the proxy holds data
+TIMEOUT, HOLD = 1.0, 1.2  # the client's per-attempt timeout; how long the proxy holds data
 PATIENT = Retry(retries=15, backoff=0.02, max_backoff=0.5, budget=30)
 
 
