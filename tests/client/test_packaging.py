@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENT_DEPS = {"httpx", "numpy", "websockets"}
 SERVER_MODULES = [
     "app", "training", "fastapi", "starlette", "uvicorn", "pydantic", "pydantic_settings",
-    "onnxruntime", "onnx", "torch", "orjson", "redis", "prometheus_client",
+    "onnxruntime", "onnx", "torch", "orjson", "redis", "prometheus_client", "lmdb", "grpc",
 ]  # fmt: skip
 
 
