@@ -59,6 +59,28 @@ class Settings(BaseSettings):
     redis_prefix: str = "peephole:"  # key prefix, so several deployments can share a Redis
     redis_timeout_seconds: float = Field(default=2.0, gt=0)  # connect/read: a dead Redis is a 503
     redis_max_connections: int = Field(default=64, ge=1)
+    # Redis topology (docs/DEPLOYMENT.md, docs/SCALING.md). standalone: PEEPHOLE_REDIS_URL is
+    # the server; cluster: it names any node of a Redis Cluster; sentinel: the sentinels below
+    # find the master (the URL then only gives the username, password, database and TLS).
+    redis_mode: Literal["standalone", "cluster", "sentinel"] = "standalone"
+    # A change is acknowledged only once this many replicas hold it (WAIT after the write);
+    # fewer within redis_wait_timeout_seconds is a 503 the client retries with the same offset.
+    redis_min_replicas: int = Field(default=0, ge=0)
+    redis_wait_timeout_seconds: float = Field(default=0.5, gt=0)
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)  # host:port,...
+    redis_master_name: str = "mymaster"  # the name the sentinels monitor
+    # Sessions are spread over this many buckets, each with its own index of live ids (one
+    # hash slot each in a cluster); 0 = 1 on a single master, 1024 on a cluster.
+    redis_buckets: int = Field(default=0, ge=0, le=16384)
+    # With more than one bucket the live count is summed over buckets and shared by the
+    # replicas for this long (the bound on capacity overshoot: docs/SCALING.md).
+    redis_count_cache_seconds: float = Field(default=1.0, gt=0, le=60)
+    # Sessions whose last written copy a replica keeps, so that its next step on one is one
+    # compare-and-set (one round trip) instead of a read and a write; 0 = always read first.
+    redis_cache_sessions: int = Field(default=10000, ge=0)
+    # Connection errors (a restarted Redis, a failover) are retried for this long, stale
+    # connections dropped at once; past it the request is a 503.
+    redis_retry_seconds: float = Field(default=0.25, ge=0, le=30)
     store_conflict_retries: int = Field(default=100, ge=1)  # optimistic retries of one change
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
     # Worker processes of `python -m app`; 0 = one per two cores. Default 1: measured best on
@@ -89,6 +111,29 @@ class Settings(BaseSettings):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels_are_addresses(cls, v: list[str]) -> list[str]:
+        for address in v:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"PEEPHOLE_REDIS_SENTINELS: {address!r} is not host:port")
+        return v
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _prefix_has_no_hash_tag(cls, v: str) -> str:
+        if "{" in v or "}" in v:
+            raise ValueError("PEEPHOLE_REDIS_PREFIX may not contain { or } (Redis hash tags)")
+        return v
+
     @field_validator("api_keys")
     @classmethod
     def _keys_are_tokens(cls, v: list[str]) -> list[str]:
@@ -109,6 +154,13 @@ class Settings(BaseSettings):
             )
         if self.grpc_port and self.grpc_port == self.port:
             raise ValueError("PEEPHOLE_GRPC_PORT must differ from PEEPHOLE_PORT (0 turns gRPC off)")
+        if self.redis_mode == "sentinel" and not self.redis_sentinels:
+            raise ValueError("PEEPHOLE_REDIS_MODE=sentinel needs PEEPHOLE_REDIS_SENTINELS")
+        wait, timeout = self.redis_wait_timeout_seconds, self.redis_timeout_seconds
+        if self.redis_min_replicas and wait >= timeout:
+            raise ValueError(
+                "PEEPHOLE_REDIS_WAIT_TIMEOUT_SECONDS must be below PEEPHOLE_REDIS_TIMEOUT_SECONDS"
+            )
         return self
 
     @property

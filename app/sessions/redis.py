@@ -1,17 +1,27 @@
 """The Redis session store: sessions shared by every replica, so any replica serves any session.
 
-Layout (prefix `peephole:` by default):
-- `<prefix>s:<id>`: a hash per session; the state and the last chunk's outputs as raw
-  float32 bytes (compact, exact), the rest as short strings; Redis expiry is its TTL.
-- `<prefix>sessions`: a sorted set of live ids scored by expiry (ms), so capacity is counted
-  across replicas in one place.
+One Redis, a Sentinel-managed master or a Redis Cluster (PEEPHOLE_REDIS_MODE; redis_link.py).
+Layout (redis_keys.py): a hash per session, and per bucket a sorted set of live ids scored
+by expiry that counts them; on a cluster a session's keys share its bucket's hash tag, so
+every change is one script on one node. Capacity: exact in the create script with one
+bucket, a briefly cached sum with several (redis_count.py, which gives the bound).
 
-A change is optimistic: `locked()` reads the session with its revision `rev`, the caller
-works on a copy, and the write is a Lua compare-and-set on `rev`. When another replica wrote
-first, the write raises `StoreConflict` and the caller runs its block again on the fresh
-session (DataPlane does). Within one process a per-session asyncio lock keeps the replicas'
-own requests from conflicting with each other. Times come from Redis (`TIME`) so replicas
-agree on expiry whatever their clocks.
+A change is optimistic: `locked()` yields a copy of the session with the revision it was
+read at, the caller works on the copy, and the write is a Lua compare-and-set on that
+revision (redis_scripts.py). When another replica wrote first, the write raises
+`StoreConflict` and the caller runs its block again on the fresh session (DataPlane does).
+Within one process a per-session asyncio lock keeps the replica's own requests apart.
+
+One round trip per step: each replica keeps the copy it last wrote of its most recent
+sessions, and a step on one of those goes straight to the compare-and-set (a conflicting
+write returns the current hash, so even a miss costs the two round trips of a read and a
+write). A block that fails on a cached copy is checked against Redis before its error is
+believed, so a stale copy never yields a wrong 409.
+
+Durability: with PEEPHOLE_REDIS_MIN_REPLICAS = n, every write is followed on the same
+connection by WAIT n; a change is acknowledged only when n replicas hold it. When fewer
+confirm in time the answer is a 503: the change is on the master and may or may not survive
+a failover, and a retry with the same offset and inputs is answered exactly once either way.
 """
 
 from __future__ import annotations
@@ -19,188 +29,125 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 from weakref import WeakValueDictionary
 
-import numpy as np
-import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from app.config import Settings
 from app.errors import CapacityReached, SessionNotFound, StoreConflict, StoreUnavailable
 from app.sessions.base import Session
+from app.sessions.redis_codec import absent_last_fields, decode, encode, new_revision, pairs
+from app.sessions.redis_count import SharedCount, Total
+from app.sessions.redis_keys import Keys
+from app.sessions.redis_link import Call, Link, SingleLink, make_link
+from app.sessions.redis_scripts import CAS, COUNT, CREATE, DELETE, TOUCH, Script
 
 log = logging.getLogger("peephole.sessions.redis")
-T = TypeVar("T")
-
-# KEYS[1] = index zset. ARGV: none. Drops expired ids, returns the live count.
-_COUNT = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZCARD', KEYS[1])
-"""
-
-# KEYS[1] = session hash, KEYS[2] = index. ARGV[1] = id, ARGV[2] = max sessions,
-# ARGV[3] = ttl ms, ARGV[4..] = field/value pairs. -> {1, created_ms, expires_ms} or {0, soonest}
-_CREATE = """
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-local exists = redis.call('EXISTS', KEYS[1])
-if exists == 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then
-  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  return {0, tonumber(first[2]) - now}
-end
-local ttl = tonumber(ARGV[3])
-local rev = (tonumber(redis.call('HGET', KEYS[1], 'rev')) or -1) + 1  -- a stale CAS fails
-redis.call('DEL', KEYS[1])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', KEYS[1], 'created_at', now, 'expires_at', now + ttl, 'rev', rev)
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-return {1, now, now + ttl}
-"""
-
-# KEYS[1] = session hash, KEYS[2] = index; ARGV[1] = id. Extends the life, returns the hash.
-_TOUCH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl'))
-redis.call('HSET', KEYS[1], 'expires_at', now + ttl)
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-return redis.call('HGETALL', KEYS[1])
-"""
-
-# KEYS as _TOUCH; ARGV[1] = id, ARGV[2] = expected rev, ARGV[3..] = field/value pairs,
-# ARGV fields named in DELFIELDS (after a '--' marker) are removed.
-# -> {1, rev, expires_ms} written, {0} conflict, {-1} gone.
-_CAS = """
-local rev = redis.call('HGET', KEYS[1], 'rev')
-if not rev then return {-1} end
-if rev ~= ARGV[2] then return {0} end
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local i = 3
-while i <= #ARGV and ARGV[i] ~= '--' do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-for j = i + 1, #ARGV do redis.call('HDEL', KEYS[1], ARGV[j]) end
-local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl'))
-local newrev = redis.call('HINCRBY', KEYS[1], 'rev', 1)
-redis.call('HSET', KEYS[1], 'expires_at', now + ttl)
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-return {1, newrev, now + ttl}
-"""
-
-# KEYS as _TOUCH; ARGV[1] = id. -> 1 deleted, 0 gone.
-_DELETE = """
-redis.call('ZREM', KEYS[2], ARGV[1])
-return redis.call('DEL', KEYS[1])
-"""
-
-_LAST_FIELDS = ("last_offset", "last_digest", "last_outputs", "last_shape", "last_internals")
+# What a Redis that is down, restarting, failing over or resharding raises (past the link's
+# retries): a 503, never a 500.
+_DOWN = (RedisError, RedisClusterException, OSError)
 
 
-def _pack_array(a: np.ndarray) -> tuple[bytes, bytes]:
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    return a.tobytes(), orjson.dumps(list(a.shape))
+def _unavailable(e: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"session store unreachable: {type(e).__name__}: {e}")
 
 
-def _unpack_array(data: bytes, shape: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.float32).reshape(orjson.loads(shape)).copy()
+class ReplicationShortfall(StoreUnavailable):
+    """Too few replicas confirmed a write in time: 503, retry with the same offset."""
+
+    def __init__(self, got: int, wanted: int, seconds: float) -> None:
+        super().__init__(
+            f"the change reached {got} of the {wanted} Redis replicas required within "
+            f"{seconds:g} s; it may or may not survive a failover: retry with the same offset "
+            "and inputs (answered exactly once either way)",
+            headers={"Retry-After": "1"},
+        )
 
 
-def _encode(s: Session) -> list[bytes | str | int]:
-    """The session's fields as a flat HSET argument list (rev, times and expiry excluded)."""
-    out: list[bytes | str | int] = [
-        "model", s.model, "version", s.version, "ttl", s.ttl_seconds * 1000, "offset", s.offset,
-        "state_names", orjson.dumps(list(s.state)),
-    ]
-    for name, value in s.state.items():
-        data, shape = _pack_array(value)
-        out += [f"state:{name}", data, f"shape:{name}", shape]
-    if s.last_offset is not None and s.last_outputs is not None:
-        data, shape = _pack_array(s.last_outputs)
-        out += ["last_offset", s.last_offset, "last_digest", s.last_digest or "",
-                "last_outputs", data, "last_shape", shape]
-        if s.last_internals is not None:
-            blob = orjson.dumps(s.last_internals, option=orjson.OPT_SERIALIZE_NUMPY)
-            out += ["last_internals", blob]
-    return out
+class _Written:
+    """The copies this replica last wrote (LRU), so that its next step is one round trip."""
 
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._d: OrderedDict[str, tuple[Session, str]] = OrderedDict()
 
-def _decode(session_id: str, h: dict[bytes, bytes]) -> tuple[Session, int]:
-    """A Session and its revision from the hash."""
-    names: list[str] = orjson.loads(h[b"state_names"])
-    state = {n: _unpack_array(h[f"state:{n}".encode()], h[f"shape:{n}".encode()]) for n in names}
-    s = Session(
-        session_id=session_id,
-        model=h[b"model"].decode(),
-        version=int(h[b"version"]),
-        ttl_seconds=int(h[b"ttl"]) // 1000,
-        state=state,
-        offset=int(h[b"offset"]),
-        created_at=int(h[b"created_at"]) / 1000,
-        expires_at=int(h[b"expires_at"]) / 1000,
-    )
-    if b"last_offset" in h:
-        s.last_offset = int(h[b"last_offset"])
-        s.last_digest = h[b"last_digest"].decode() or None
-        s.last_outputs = _unpack_array(h[b"last_outputs"], h[b"last_shape"])
-        if b"last_internals" in h:
-            s.last_internals = orjson.loads(h[b"last_internals"])
-    return s, int(h[b"rev"])
+    def get(self, session_id: str) -> tuple[Session, str] | None:
+        hit = self._d.get(session_id)
+        if hit is not None:
+            self._d.move_to_end(session_id)
+        return hit
 
+    def put(self, s: Session, rev: str) -> None:
+        if not self.size:
+            return
+        self._d[s.session_id] = (replace(s, state=dict(s.state)), rev)
+        self._d.move_to_end(s.session_id)
+        if len(self._d) > self.size:
+            self._d.popitem(last=False)
 
-def _pairs(raw: list[bytes]) -> dict[bytes, bytes]:
-    return dict(zip(raw[::2], raw[1::2], strict=True))
+    def drop(self, session_id: str) -> None:
+        self._d.pop(session_id, None)
 
 
 class RedisSessionStore:
-    """Sessions in Redis, shared by every replica pointing at the same URL and prefix."""
+    """Sessions in Redis, shared by every replica pointing at the same Redis and prefix."""
 
     def __init__(
-        self, client: aioredis.Redis, max_sessions: int, prefix: str = "peephole:"
+        self,
+        link: Link | aioredis.Redis,
+        max_sessions: int,
+        prefix: str = "peephole:",
+        *,
+        buckets: int = 1,
+        tagged: bool = False,
+        min_replicas: int = 0,
+        wait_timeout_seconds: float = 0.5,
+        count_cache_seconds: float = 1.0,
+        cache_sessions: int = 10000,
     ) -> None:
-        self.client = client
+        self.link = link if isinstance(link, Link) else SingleLink(link, 0.25, 500)
         self.max_sessions = max_sessions
-        self.prefix = prefix
-        self.index = f"{prefix}sessions"
-        self._count = client.register_script(_COUNT)
-        self._create = client.register_script(_CREATE)
-        self._touch = client.register_script(_TOUCH)
-        self._cas = client.register_script(_CAS)
-        self._delete = client.register_script(_DELETE)
+        self.keys = Keys(prefix, buckets, tagged)
+        self.min_replicas = min_replicas
+        self.wait_timeout_seconds = wait_timeout_seconds
+        self.counter = (
+            SharedCount(self.link, self.keys, count_cache_seconds) if buckets > 1 else None
+        )
+        self._written = _Written(cache_sessions)
         self._local: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisSessionStore:
-        client = aioredis.Redis.from_url(
-            settings.redis_url,
-            socket_connect_timeout=settings.redis_timeout_seconds,
-            socket_timeout=settings.redis_timeout_seconds,
-            health_check_interval=10,
-            max_connections=settings.redis_max_connections,
+        cluster = settings.redis_mode == "cluster"
+        buckets = settings.redis_buckets or (1024 if cluster else 1)
+        return cls(
+            make_link(settings),
+            settings.max_sessions,
+            settings.redis_prefix,
+            buckets=buckets,
+            tagged=cluster,
+            min_replicas=settings.redis_min_replicas,
+            wait_timeout_seconds=settings.redis_wait_timeout_seconds,
+            count_cache_seconds=settings.redis_count_cache_seconds,
+            cache_sessions=settings.redis_cache_sessions,
         )
-        return cls(client, settings.max_sessions, settings.redis_prefix)
 
-    def _key(self, session_id: str) -> str:
-        return f"{self.prefix}s:{session_id}"
-
-    async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kw: Any) -> T:
-        """Every Redis call goes through here: an unreachable Redis is a 503, never a 500."""
+    async def _eval(self, script: Script, keys: list[str], args: list[Any], write: bool) -> Any:
+        """Every Redis call goes through here: an unreachable Redis is a 503, never a 500; a
+        write is acknowledged only once PEEPHOLE_REDIS_MIN_REPLICAS replicas hold it."""
+        wait = self.min_replicas if write else 0
         try:
-            return await fn(*args, **kw)
-        except (RedisError, OSError) as e:
-            raise StoreUnavailable(f"session store unreachable: {type(e).__name__}: {e}") from e
+            result, acked = await self.link.eval(Call(script, keys, args), wait)
+        except _DOWN as e:
+            raise _unavailable(e) from e
+        if wait and (acked or 0) < wait:
+            raise ReplicationShortfall(acked or 0, wait, self.wait_timeout_seconds)
+        return result
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -212,41 +159,73 @@ class RedisSessionStore:
             log.warning("%s (sessions answer 503 until it is reachable)", e.detail)
 
     async def close(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self.client.aclose()
+        await self.link.close()
 
     async def ping(self) -> None:
-        await self._call(self.client.ping)
+        try:
+            await self.link.ping()
+        except _DOWN as e:
+            raise _unavailable(e) from e
+
+    async def _shared_total(self) -> Total:
+        assert self.counter is not None
+        try:
+            return await self.counter.current()
+        except _DOWN as e:
+            raise _unavailable(e) from e
 
     async def count(self) -> int:
-        return int(await self._call(self._count, keys=[self.index]))
+        if self.counter is not None:
+            return (await self._shared_total()).live
+        n, _ = await self._eval(COUNT, [self.keys.index(0)], [], write=False)
+        return int(n)
 
     # -- the protocol ----------------------------------------------------------------------
 
     async def create(self, session: Session) -> Session:
         sid = session.session_id
-        r = await self._call(
-            self._create,
-            keys=[self._key(sid), self.index],
-            args=[sid, self.max_sessions, session.ttl_seconds * 1000, *_encode(session)],
-        )
+        limit, total = self.max_sessions, None
+        if self.counter is not None:  # several buckets: the shared count decides
+            total = await self._shared_total()
+            # Under the limit no check in Redis (0); at it, only a replacement goes (-1).
+            limit = 0 if total.live < self.max_sessions else -1
+        rev = new_revision()
+        try:
+            r = await self._eval(
+                CREATE,
+                list(self.keys.session(sid)),
+                [sid, limit, session.ttl_seconds * 1000, rev, *encode(session)],
+                write=True,
+            )
+        except ReplicationShortfall:
+            with contextlib.suppress(StoreUnavailable):  # do not leave it counted
+                await self._eval(DELETE, list(self.keys.session(sid)), [sid], write=False)
+            raise
         if int(r[0]) == 0:
+            ms = int(r[1])
+            if ms < 0 and self.counter is not None and total is not None:
+                ms = self.counter.retry_after_ms(total)
             raise CapacityReached(
-                retry_after=max(1, -(-int(r[1]) // 1000)),
+                retry_after=max(1, -(-ms // 1000)),
                 detail=f"session capacity reached ({self.max_sessions} live sessions)",
             )
-        return replace(session, created_at=int(r[1]) / 1000, expires_at=int(r[2]) / 1000)
+        if self.counter is not None and limit == 0:
+            self.counter.created()
+        made = replace(session, created_at=int(r[1]) / 1000, expires_at=int(r[2]) / 1000)
+        self._written.put(made, rev)
+        return made
 
-    async def _read(self, session_id: str) -> tuple[Session, int]:
-        raw = await self._call(
-            self._touch, keys=[self._key(session_id), self.index], args=[session_id]
-        )
+    async def _read(self, session_id: str) -> tuple[Session, str]:
+        raw = await self._eval(TOUCH, list(self.keys.session(session_id)), [session_id], False)
         if not raw:
+            self._written.drop(session_id)
             raise SessionNotFound(f"unknown or expired session {session_id!r}")
-        return _decode(session_id, _pairs(raw))
+        return decode(session_id, pairs(raw))
 
     async def get(self, session_id: str) -> Session:
-        return (await self._read(session_id))[0]
+        s, rev = await self._read(session_id)
+        self._written.put(s, rev)
+        return s
 
     @contextlib.asynccontextmanager
     async def locked(self, session_id: str) -> AsyncIterator[Session]:
@@ -254,29 +233,46 @@ class RedisSessionStore:
         if lock is None:
             lock = self._local[session_id] = asyncio.Lock()
         async with lock:
-            current, rev = await self._read(session_id)
-            work = replace(current)
-            yield work
+            hit = self._written.get(session_id)
+            current, rev = hit if hit is not None else await self._read(session_id)
+            work = replace(current, state=dict(current.state))
+            try:
+                yield work
+            except StoreUnavailable:
+                raise
+            except Exception:
+                if hit is not None:  # the block saw a cached copy: was it current?
+                    latest, latest_rev = await self._read(session_id)
+                    self._written.put(latest, latest_rev)
+                    if latest_rev != rev:
+                        raise StoreConflict(f"session {session_id!r} changed elsewhere") from None
+                raise
             await self._write(work, rev)
 
-    async def _write(self, s: Session, rev: int) -> None:
-        fields = _encode(s)
-        gone = [f for f in _LAST_FIELDS if f not in fields[::2]]
-        r = await self._call(
-            self._cas,
-            keys=[self._key(s.session_id), self.index],
-            args=[s.session_id, rev, *fields, "--", *gone],
+    async def _write(self, s: Session, rev: str) -> None:
+        fields = encode(s)
+        gone = absent_last_fields(fields)
+        new = new_revision()
+        self._written.drop(s.session_id)  # until this write is known to be in place
+        r = await self._eval(
+            CAS,
+            list(self.keys.session(s.session_id)),
+            [s.session_id, rev, new, len(gone), *gone, *fields],
+            write=True,
         )
         status = int(r[0])
         if status == -1:
             raise SessionNotFound(f"session {s.session_id!r} was deleted meanwhile")
         if status == 0:
+            self._written.put(*decode(s.session_id, pairs(r[1])))
             raise StoreConflict(f"session {s.session_id!r} was changed by another replica")
-        s.expires_at = int(r[2]) / 1000
+        s.expires_at = int(r[1]) / 1000
+        self._written.put(s, new)
 
     async def delete(self, session_id: str) -> None:
-        n = await self._call(
-            self._delete, keys=[self._key(session_id), self.index], args=[session_id]
-        )
+        self._written.drop(session_id)
+        n = await self._eval(DELETE, list(self.keys.session(session_id)), [session_id], True)
         if not int(n):
             raise SessionNotFound(f"unknown or expired session {session_id!r}")
+        if self.counter is not None:
+            self.counter.deleted()

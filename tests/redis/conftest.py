@@ -6,6 +6,7 @@ Replicas are separate processes (so one can be killed mid-stream) sharing one Re
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +18,12 @@ from training.export import export_model
 from training.model import PeepholeConfig, PeepholeLSTM
 
 MODEL = "lnsc"
+
+
+def start_all(replicas: list[Replica]) -> list[Replica]:
+    """Start every replica at once (start-up is mostly model loading) and wait for all."""
+    with cf.ThreadPoolExecutor(max_workers=len(replicas)) as pool:
+        return list(pool.map(Replica.start, replicas))
 
 
 @pytest.fixture(scope="module")
