@@ -110,7 +110,7 @@ class RedisSessionStore:
         count_cache_seconds: float = 1.0,
         cache_sessions: int = 10000,
     ) -> None:
-        self.link = link if isinstance(link, Link) else SingleLink(link, 0.25, 500)
+        self.link = link if isinstance(link, Link) else SingleLink(link, 0.25, 500, 64)
         self.max_sessions = max_sessions
         self.keys = Keys(prefix, buckets, tagged)
         self.min_replicas = min_replicas

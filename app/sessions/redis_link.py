@@ -72,11 +72,14 @@ def _raise_errors(results: list[Any]) -> None:
 
 
 class Link:
-    """The common part: the retry loop. Subclasses send."""
+    """The common part: the retry loop, and a bound on calls in flight. Subclasses send."""
 
-    def __init__(self, retry_seconds: float, wait_timeout_ms: int) -> None:
+    def __init__(self, retry_seconds: float, wait_timeout_ms: int, connections: int = 64) -> None:
         self.retry_seconds = retry_seconds
         self.wait_timeout_ms = wait_timeout_ms
+        # redis-py's pools refuse a call past max_connections (MaxConnectionsError); a burst
+        # of requests should queue for a connection instead.
+        self._slots = asyncio.Semaphore(connections)
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]], key: str | None) -> T:
         deadline = time.monotonic() + self.retry_seconds
@@ -84,7 +87,8 @@ class Link:
         loads = 0
         while True:
             try:
-                return await attempt()
+                async with self._slots:
+                    return await attempt()
             except NoScriptError:
                 # A restarted or promoted node has an empty script cache: loaded, go again.
                 loads += 1
@@ -138,8 +142,10 @@ class SingleLink(Link):
     """One master: a plain server, or the one Sentinel names (its pool asks the sentinels
     for the master's address whenever it dials, so a failover is one reconnect)."""
 
-    def __init__(self, client: aioredis.Redis, retry_seconds: float, wait_timeout_ms: int) -> None:
-        super().__init__(retry_seconds, wait_timeout_ms)
+    def __init__(
+        self, client: aioredis.Redis, retry_seconds: float, wait_timeout_ms: int, connections: int
+    ) -> None:
+        super().__init__(retry_seconds, wait_timeout_ms, connections)
         self.client = client
 
     async def _recover(self, error: BaseException, key: str | None) -> None:
@@ -194,8 +200,10 @@ class ClusterLink(Link):
     are sent to the node that owns the key's slot on one connection (a cluster pipeline
     groups commands by node); a MOVED or a dead node refreshes the slot map and goes again."""
 
-    def __init__(self, client: RedisCluster, retry_seconds: float, wait_timeout_ms: int) -> None:
-        super().__init__(retry_seconds, wait_timeout_ms)
+    def __init__(
+        self, client: RedisCluster, retry_seconds: float, wait_timeout_ms: int, connections: int
+    ) -> None:
+        super().__init__(retry_seconds, wait_timeout_ms, connections)
         self.client = client
 
     async def _node(self, key: str) -> ClusterNode:
@@ -277,7 +285,7 @@ def make_link(settings: Settings) -> Link:
         cluster = RedisCluster.from_url(
             settings.redis_url, max_connections=settings.redis_max_connections, **timeouts
         )
-        return ClusterLink(cluster, retry_s, wait_ms)
+        return ClusterLink(cluster, retry_s, wait_ms, settings.redis_max_connections)
     if settings.redis_mode == "sentinel":
         from redis.asyncio.connection import parse_url
 
@@ -299,8 +307,8 @@ def make_link(settings: Settings) -> Link:
             **timeouts,
             **kw,
         )
-        return SingleLink(master, retry_s, wait_ms)
+        return SingleLink(master, retry_s, wait_ms, settings.redis_max_connections)
     client = aioredis.Redis.from_url(
         settings.redis_url, max_connections=settings.redis_max_connections, **timeouts
     )
-    return SingleLink(client, retry_s, wait_ms)
+    return SingleLink(client, retry_s, wait_ms, settings.redis_max_connections)

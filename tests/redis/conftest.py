@@ -18,6 +18,12 @@ from training.export import export_model
 from training.model import PeepholeConfig, PeepholeLSTM
 
 MODEL = "lnsc"
+# Acknowledge a change only once one replica holds it (WAIT), with room for a loaded machine.
+DURABLE = {
+    "PEEPHOLE_REDIS_MIN_REPLICAS": "1",
+    "PEEPHOLE_REDIS_TIMEOUT_SECONDS": "2",
+    "PEEPHOLE_REDIS_WAIT_TIMEOUT_SECONDS": "1",
+}
 
 
 def start_all(replicas: list[Replica]) -> list[Replica]:

@@ -75,7 +75,9 @@ async def _post(
                 return dict(r.json())
             if r.status_code not in TRANSIENT:
                 raise AssertionError(f"session {i}: {path} -> {r.status_code} {r.text}")
-            run.attempts.append(Attempt(i, t, time.monotonic(), False, f"{r.status_code} {r.text[:60]}"))
+            run.attempts.append(
+                Attempt(i, t, time.monotonic(), False, f"{r.status_code} {r.text[:60]}")
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"session {i}: no answer to {path} before the deadline")
         await asyncio.sleep(0.02)
@@ -122,7 +124,9 @@ async def stream_many(
     return run
 
 
-def check_exactly_once(client: httpx.Client, model: str, run: Run, sequences: list[np.ndarray]) -> None:
+def check_exactly_once(
+    client: httpx.Client, model: str, run: Run, sequences: list[np.ndarray]
+) -> None:
     """Every session's offset is the steps acknowledged, and the acknowledged outputs are a
     whole-sequence predict of the same inputs (within 1e-5)."""
     lost = doubled = 0

@@ -12,16 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.redis.conftest import MODEL, Replica, start_all
+from tests.redis.conftest import DURABLE, MODEL, Replica, start_all
 from tests.redis.streaming import check_exactly_once, stream_many
 from tests.redis.topology import LocalCluster, LocalSentinel, wait_for
 
 pytestmark = pytest.mark.redis
-DURABLE = {
-    "PEEPHOLE_REDIS_MIN_REPLICAS": "1",
-    "PEEPHOLE_REDIS_TIMEOUT_SECONDS": "2",
-    "PEEPHOLE_REDIS_WAIT_TIMEOUT_SECONDS": "1",
-}
 
 
 def workload(sessions: int, steps: int, seed: int) -> tuple[list[np.ndarray], list[list[int]]]:
@@ -62,7 +57,9 @@ class KillAt:
         self.thread.join(timeout=60)
 
 
-def report(capsys: pytest.CaptureFixture[str], what: str, run, killer: KillAt, **phases: float) -> None:  # type: ignore[no-untyped-def]
+def report(
+    capsys: pytest.CaptureFixture[str], what: str, run, killer: KillAt, **phases: float
+) -> None:  # type: ignore[no-untyped-def]
     assert killer.killed_at is not None
     window, longest = run.window(killer.killed_at)
     failed = run.failures()
@@ -77,7 +74,9 @@ def report(capsys: pytest.CaptureFixture[str], what: str, run, killer: KillAt, *
         )
 
 
-def test_cluster_master_sigkill(repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cluster_master_sigkill(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cluster = LocalCluster(tmp_path / "cluster", node_timeout_ms=1000).start()
     env = {"PEEPHOLE_REDIS_MODE": "cluster", **DURABLE}
     pair = start_all([Replica(repo, cluster.url, **env) for _ in range(2)])
@@ -100,7 +99,9 @@ def test_cluster_master_sigkill(repo: Path, tmp_path: Path, capsys: pytest.Captu
         killer = KillAt(int(0.3 * 50 * 30), cluster.node(victim).kill, heal)
         run = asyncio.run(stream_many([r.url for r in pair], MODEL, seqs, sizes, killer, 90))
         killer.join()
-        assert cluster.roles()[victim] == "slave", "the killed master did not come back as a replica"
+        assert cluster.roles()[victim] == "slave", (
+            "the killed master did not come back as a replica"
+        )
         assert run.failures(), "no client saw the failover: the test measured nothing"
         with pair[0].client() as c:
             check_exactly_once(c, MODEL, run, seqs)
@@ -111,7 +112,9 @@ def test_cluster_master_sigkill(repo: Path, tmp_path: Path, capsys: pytest.Captu
         cluster.stop()
 
 
-def test_sentinel_master_sigkill(repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sentinel_master_sigkill(
+    repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     redis = LocalSentinel(tmp_path / "sentinel", replicas=2).start()
     env = {
         "PEEPHOLE_REDIS_MODE": "sentinel",
@@ -142,4 +145,3 @@ def test_sentinel_master_sigkill(repo: Path, tmp_path: Path, capsys: pytest.Capt
         for r in pair:
             r.stop()
         redis.stop()
-

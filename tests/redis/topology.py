@@ -108,11 +108,18 @@ class LocalCluster:
     ) -> None:
         self.nodes = [
             RedisProcess(
-                workdir / f"node{i}", port := _cluster_port(), "--cluster-enabled", "yes",
-                "--cluster-config-file", f"nodes-{port}.conf",
-                "--cluster-node-timeout", str(node_timeout_ms),
-                "--cluster-replica-validity-factor", "0",
-                "--cluster-require-full-coverage", "yes",
+                workdir / f"node{i}",
+                port := _cluster_port(),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+                "--cluster-node-timeout",
+                str(node_timeout_ms),
+                "--cluster-replica-validity-factor",
+                "0",
+                "--cluster-require-full-coverage",
+                "yes",
             )  # fmt: skip
             for i in range(masters * (1 + replicas))
         ]
@@ -185,7 +192,10 @@ class LocalSentinel:
         self.master = RedisProcess(workdir / "master", free_port())
         self.replicas = [
             RedisProcess(
-                workdir / f"replica{i}", free_port(), "--replicaof", "127.0.0.1",
+                workdir / f"replica{i}",
+                free_port(),
+                "--replicaof",
+                "127.0.0.1",
                 str(self.master.port),
             )  # fmt: skip
             for i in range(replicas)
@@ -193,7 +203,8 @@ class LocalSentinel:
         quorum = sentinels // 2 + 1
         self.sentinels = [
             RedisProcess(
-                workdir / f"sentinel{i}", free_port(),
+                workdir / f"sentinel{i}",
+                free_port(),
                 f"sentinel monitor {self.name} 127.0.0.1 {self.master.port} {quorum}",
                 f"sentinel down-after-milliseconds {self.name} {down_after_ms}",
                 f"sentinel failover-timeout {self.name} 5000",
