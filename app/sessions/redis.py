@@ -41,7 +41,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from app.config import Settings
 from app.errors import CapacityReached, SessionNotFound, StoreConflict, StoreUnavailable
 from app.sessions.base import Session
-from app.sessions.redis_codec import absent_last_fields, decode, encode, new_revision, pairs
+from app.sessions.redis_codec import as_fields, changes, decode, encode, new_revision, pairs
 from app.sessions.redis_count import SharedCount, Total
 from app.sessions.redis_keys import Keys
 from app.sessions.redis_link import Call, Link, SingleLink, make_link
@@ -69,23 +69,28 @@ class ReplicationShortfall(StoreUnavailable):
         )
 
 
+Fields = dict[str, bytes | str | int]
+
+
 class _Written:
-    """The copies this replica last wrote (LRU), so that its next step is one round trip."""
+    """The copies this replica last wrote or read (LRU), with their revision and encoded
+    fields, so that its next step is one round trip and sends only what changed."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._d: OrderedDict[str, tuple[Session, str]] = OrderedDict()
+        self._d: OrderedDict[str, tuple[Session, str, Fields]] = OrderedDict()
 
-    def get(self, session_id: str) -> tuple[Session, str] | None:
+    def get(self, session_id: str) -> tuple[Session, str, Fields] | None:
         hit = self._d.get(session_id)
         if hit is not None:
             self._d.move_to_end(session_id)
         return hit
 
-    def put(self, s: Session, rev: str) -> None:
+    def put(self, s: Session, rev: str, fields: Fields | None = None) -> None:
         if not self.size:
             return
-        self._d[s.session_id] = (replace(s, state=dict(s.state)), rev)
+        copy = replace(s, state=dict(s.state))
+        self._d[s.session_id] = (copy, rev, fields if fields is not None else as_fields(encode(s)))
         self._d.move_to_end(s.session_id)
         if len(self._d) > self.size:
             self._d.popitem(last=False)
@@ -227,6 +232,18 @@ class RedisSessionStore:
         self._written.put(s, rev)
         return s
 
+    async def _fetch(self, session_id: str) -> tuple[Session, str]:
+        """The session as stored (a plain HGETALL: the write that follows extends its life)."""
+        key = self.keys.session(session_id)[0]
+        try:
+            h = await self.link.command("HGETALL", key, key=key)
+        except _DOWN as e:
+            raise _unavailable(e) from e
+        if not h:
+            self._written.drop(session_id)
+            raise SessionNotFound(f"unknown or expired session {session_id!r}")
+        return decode(session_id, h)
+
     @contextlib.asynccontextmanager
     async def locked(self, session_id: str) -> AsyncIterator[Session]:
         lock = self._local.get(session_id)
@@ -234,30 +251,35 @@ class RedisSessionStore:
             lock = self._local[session_id] = asyncio.Lock()
         async with lock:
             hit = self._written.get(session_id)
-            current, rev = hit if hit is not None else await self._read(session_id)
+            if hit is not None:
+                current, rev, fields = hit
+            else:
+                current, rev = await self._fetch(session_id)
+                fields = as_fields(encode(current))
             work = replace(current, state=dict(current.state))
             try:
                 yield work
             except StoreUnavailable:
                 raise
             except Exception:
-                if hit is not None:  # the block saw a cached copy: was it current?
-                    latest, latest_rev = await self._read(session_id)
-                    self._written.put(latest, latest_rev)
-                    if latest_rev != rev:
-                        raise StoreConflict(f"session {session_id!r} changed elsewhere") from None
+                # A refused change is a use too (its life is extended); and a block that saw
+                # a cached copy is only believed if that copy was current.
+                latest, latest_rev = await self._read(session_id)
+                self._written.put(latest, latest_rev)
+                if hit is not None and latest_rev != rev:
+                    raise StoreConflict(f"session {session_id!r} changed elsewhere") from None
                 raise
-            await self._write(work, rev)
+            await self._write(work, rev, fields)
 
-    async def _write(self, s: Session, rev: str) -> None:
-        fields = encode(s)
-        gone = absent_last_fields(fields)
+    async def _write(self, s: Session, rev: str, before: Fields) -> None:
+        after = as_fields(encode(s))
+        flat, gone = changes(after, before)
         new = new_revision()
         self._written.drop(s.session_id)  # until this write is known to be in place
         r = await self._eval(
             CAS,
             list(self.keys.session(s.session_id)),
-            [s.session_id, rev, new, len(gone), *gone, *fields],
+            [s.session_id, rev, new, s.ttl_seconds * 1000, len(gone), *gone, *flat],
             write=True,
         )
         status = int(r[0])
@@ -267,7 +289,7 @@ class RedisSessionStore:
             self._written.put(*decode(s.session_id, pairs(r[1])))
             raise StoreConflict(f"session {s.session_id!r} was changed by another replica")
         s.expires_at = int(r[1]) / 1000
-        self._written.put(s, new)
+        self._written.put(s, new, after)
 
     async def delete(self, session_id: str) -> None:
         self._written.drop(session_id)

@@ -11,8 +11,6 @@ import orjson
 
 from app.sessions.base import Session
 
-LAST_FIELDS = ("last_offset", "last_digest", "last_outputs", "last_shape", "last_internals")
-
 
 def new_revision() -> str:
     """A fresh revision: random, so never reused (an integer, as the first release's HINCRBY
@@ -48,10 +46,20 @@ def encode(s: Session) -> list[bytes | str | int]:
     return out
 
 
-def absent_last_fields(fields: list[bytes | str | int]) -> list[str]:
-    """The last-chunk fields `fields` does not set (a write removes them from the hash)."""
-    present = set(fields[::2])
-    return [f for f in LAST_FIELDS if f not in present]
+def as_fields(encoded: list[bytes | str | int]) -> dict[str, bytes | str | int]:
+    return dict(zip(encoded[::2], encoded[1::2], strict=True))  # type: ignore[arg-type]
+
+
+def changes(
+    new: dict[str, bytes | str | int], old: dict[str, bytes | str | int]
+) -> tuple[list[bytes | str | int], list[str]]:
+    """(field/value pairs that differ from `old`, fields of `old` that `new` lacks): what a
+    write sends when the hash is known to hold `old` (its revision matched)."""
+    flat: list[bytes | str | int] = []
+    for k, v in new.items():
+        if old.get(k) != v:
+            flat += [k, v]
+    return flat, [k for k in old if k not in new]
 
 
 def pairs(raw: list[bytes]) -> dict[bytes, bytes]:

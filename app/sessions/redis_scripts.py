@@ -87,8 +87,9 @@ return redis.call('HGETALL', KEYS[1])
 """
 )
 
-# KEYS as CREATE; ARGV[1] = id, ARGV[2] = revision read, ARGV[3] = new revision, ARGV[4] = n,
-# ARGV[5..4+n] = fields to remove, ARGV[5+n..] = field/value pairs.
+# KEYS as CREATE; ARGV[1] = id, ARGV[2] = revision read, ARGV[3] = new revision, ARGV[4] =
+# ttl ms, ARGV[5] = n, ARGV[6..5+n] = fields to remove, ARGV[6+n..] = field/value pairs (only
+# the fields that changed: the hash holds the rest, as the revision proves).
 # -> {1, expires ms} written (or already written by this very call, retried),
 #    {0, the hash's field/value list} another writer came first, {-1} gone.
 CAS = Script(
@@ -100,10 +101,10 @@ if rev ~= ARGV[2] then return {0, redis.call('HGETALL', KEYS[1])} end
 """
     + _NOW
     + """
-local n = tonumber(ARGV[4])
-if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 5, 4 + n)) end
-local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl'))
-redis.call('HSET', KEYS[1], 'rev', ARGV[3], 'expires_at', now + ttl, unpack(ARGV, 5 + n))
+local ttl = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+if n > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, 6, 5 + n)) end
+redis.call('HSET', KEYS[1], 'rev', ARGV[3], 'expires_at', now + ttl, unpack(ARGV, 6 + n))
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 return {1, now + ttl}

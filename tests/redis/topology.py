@@ -148,17 +148,23 @@ class LocalCluster:
         return [n for n in self.nodes if n.proc is not None]
 
     def roles(self) -> dict[int, str]:
-        """port -> 'master' or 'slave', as a live node sees the cluster (CLUSTER NODES)."""
+        """port -> 'master' (holding slots), 'slave' or 'fail', as a live node sees it."""
         out: dict[int, str] = {}
         for line in self.live()[0].cli("cluster", "nodes").splitlines():
             parts = line.split()
             port = int(parts[1].split("@")[0].rsplit(":", 1)[1])
             flags = parts[2].split(",")
-            out[port] = "fail" if "fail" in flags else ("master" if "master" in flags else "slave")
+            if "fail" in flags:
+                out[port] = "fail"
+            elif "master" in flags:
+                out[port] = "master" if len(parts) > 8 else "empty master"
+            else:
+                out[port] = "slave"
         return out
 
     def wait_healthy(self, seconds: float = 30) -> None:
-        """Every live node says cluster_state:ok and every live replica is in sync."""
+        """Every live node says cluster_state:ok, every live replica is in sync, and the
+        view has `masters` masters holding slots."""
 
         def ok() -> bool:
             for n in self.live():
@@ -167,7 +173,8 @@ class LocalCluster:
                 repl = n.info("replication")
                 if repl.get("role") == "slave" and repl.get("master_link_status") != "up":
                     return False
-            return True
+            roles = self.roles()
+            return len(self.master_ports()) == self.masters and "empty master" not in roles.values()
 
         wait_for(ok, seconds, "the cluster to be healthy", every=0.1)
 
