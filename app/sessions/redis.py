@@ -236,7 +236,7 @@ class RedisSessionStore:
         """The session as stored (a plain HGETALL: the write that follows extends its life)."""
         key = self.keys.session(session_id)[0]
         try:
-            h = await self.link.command("HGETALL", key, key=key)
+            h = await self.link.read("HGETALL", key, key=key)
         except _DOWN as e:
             raise _unavailable(e) from e
         if not h:

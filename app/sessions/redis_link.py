@@ -2,7 +2,8 @@
 
 A link runs a script on the node that owns its first key, optionally followed on the same
 connection by `WAIT n timeout` (one round trip: both go out in one pipeline), and says how
-many replicas confirmed. It owns the retry policy for connection errors, because the store's
+many replicas confirmed. Scripts and reads of one event-loop turn share a pipeline per
+node (redis_batch.py). It owns the retry policy for connection errors, because the store's
 writes are safe to repeat (see redis_scripts.py): on an error it drops the idle connections
 (after a Redis restart they are all dead, and handing them out one by one is what made
 requests fail for seconds after Redis was back), refreshes the cluster's slot map or the
@@ -16,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import redis.asyncio as aioredis
@@ -31,11 +32,13 @@ from redis.exceptions import (
     ConnectionError,
     NoScriptError,
     RedisClusterException,
+    ResponseError,
     TimeoutError,
     TryAgainError,
 )
 
 from app.config import Settings
+from app.sessions.redis_batch import Coalescer, Op, Reply
 from app.sessions.redis_scripts import Script
 
 log = logging.getLogger("peephole.sessions.redis")
@@ -72,7 +75,8 @@ def _raise_errors(results: list[Any]) -> None:
 
 
 class Link:
-    """The common part: the retry loop, and a bound on calls in flight. Subclasses send."""
+    """The common part: the retry loop, the coalescer, a bound on connections in use.
+    Subclasses route and send."""
 
     def __init__(self, retry_seconds: float, wait_timeout_ms: int, connections: int = 64) -> None:
         self.retry_seconds = retry_seconds
@@ -80,13 +84,20 @@ class Link:
         # redis-py's pools refuse a call past max_connections (MaxConnectionsError); a burst
         # of requests should queue for a connection instead.
         self._slots = asyncio.Semaphore(connections)
+        self._batch = Coalescer(self._group, self._pipeline, self._slots)
 
-    async def _retrying(self, attempt: Callable[[], Awaitable[T]], key: str | None) -> T:
+    async def _retrying(
+        self, attempt: Callable[[], Awaitable[T]], key: str | None, hold: bool = True
+    ) -> T:
+        """`attempt` until it succeeds, a non-transient error, or retry_seconds; `hold`: take
+        a connection slot around it (batched ops take theirs when their group is sent)."""
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.0
         loads = 0
         while True:
             try:
+                if not hold:
+                    return await attempt()
                 async with self._slots:
                     return await attempt()
             except NoScriptError:
@@ -108,8 +119,34 @@ class Link:
     async def eval(self, call: Call, wait: int = 0) -> tuple[Any, int | None]:
         """Run the script; with `wait`, then WAIT for that many replicas (the count they
         reached comes back, else None)."""
-        key = call.keys[0]
-        return await self._retrying(lambda: self._eval(call, wait), key)
+        args = ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+        op = Op(args, call.keys[0], wait, call.script)
+        return await self._retrying(lambda: self._submit(op), op.key, hold=False)
+
+    async def read(self, *args: Any, key: str) -> Any:
+        """A read command (HGETALL) routed by `key`, batched like scripts."""
+        op = Op(args, key, 0, None)
+        reply, _ = await self._retrying(lambda: self._submit(op), key, hold=False)
+        return reply
+
+    async def _submit(self, op: Op) -> Reply:
+        reply, acked = await self._batch.submit(op)
+        if isinstance(reply, NoScriptError) and op.script is not None:
+            async with self._slots:
+                await self._load(op.script, op.key)
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply, acked
+
+    def _replies(self, ops: Sequence[Op], results: list[Any]) -> list[Reply]:
+        """Per op (its result, the replicas the group's WAIT reached if it waited)."""
+        n = len(ops)
+        if len(results) == n:
+            return [(r, None) for r in results]
+        acked = results[n]
+        if isinstance(acked, BaseException):  # WAIT refused: the writes that waited fail
+            return [(acked if op.wait else r, None) for op, r in zip(ops, results, strict=False)]
+        return [(r, int(acked) if op.wait else None) for op, r in zip(ops, results, strict=False)]
 
     async def eval_many(self, calls: Sequence[Call]) -> list[Any]:
         """Run scripts in as few round trips as the topology allows (reads: no WAIT)."""
@@ -122,7 +159,13 @@ class Link:
     async def ping(self) -> None:
         await self._retrying(self._ping, None)
 
-    async def _eval(self, call: Call, wait: int) -> tuple[Any, int | None]:
+    async def _group(self, ops: Sequence[Op]) -> list[tuple[Hashable, list[int]]]:
+        return [(None, list(range(len(ops))))]
+
+    async def _pipeline(self, target: Any, ops: Sequence[Op]) -> list[Reply]:
+        raise NotImplementedError
+
+    async def _load(self, script: Script, key: str) -> None:
         raise NotImplementedError
 
     async def _eval_many(self, calls: Sequence[Call]) -> list[Any]:
@@ -152,35 +195,31 @@ class SingleLink(Link):
         with contextlib.suppress(Exception):
             await self.client.connection_pool.disconnect(inuse_connections=False)
 
-    async def _load(self, results: list[Any], scripts: Sequence[Script]) -> None:
-        missing = {s for s, r in zip(scripts, results, strict=True) if isinstance(r, NoScriptError)}
-        for s in missing:
-            await self.client.script_load(s.source)
-        if missing:
-            raise NoScriptError("loaded")
+    async def _load(self, script: Script, key: str) -> None:
+        await self.client.script_load(script.source)
 
-    async def _eval(self, call: Call, wait: int) -> tuple[Any, int | None]:
-        args = ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
-        if not wait:
+    async def _pipeline(self, target: Any, ops: Sequence[Op]) -> list[Reply]:
+        wait = max(op.wait for op in ops)
+        if len(ops) == 1 and not wait:  # a lone call: no pipeline to build
             try:
-                return await self.client.execute_command(*args), None
-            except NoScriptError:
-                await self.client.script_load(call.script.source)
-                raise
+                return [(await self.client.execute_command(*ops[0].args), None)]
+            except ResponseError as e:  # this call's own error (NOSCRIPT, ...), not the link's
+                return [(e, None)]
         pipe = self.client.pipeline(transaction=False)
-        pipe.execute_command(*args)
-        pipe.execute_command("WAIT", wait, self.wait_timeout_ms)
-        results = await pipe.execute(raise_on_error=False)
-        await self._load(results[:1], [call.script])
-        _raise_errors(results)
-        return results[0], int(results[1])
+        for op in ops:
+            pipe.execute_command(*op.args)
+        if wait:
+            pipe.execute_command("WAIT", wait, self.wait_timeout_ms)
+        return self._replies(ops, await pipe.execute(raise_on_error=False))
 
     async def _eval_many(self, calls: Sequence[Call]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
         for c in calls:
             pipe.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)
         results = await pipe.execute(raise_on_error=False)
-        await self._load(results, [c.script for c in calls])
+        for c, r in zip(calls, results, strict=True):
+            if isinstance(r, NoScriptError):
+                await self._load(c.script, c.keys[0])
         _raise_errors(results)
         return list(results)
 
@@ -206,9 +245,13 @@ class ClusterLink(Link):
         super().__init__(retry_seconds, wait_timeout_ms, connections)
         self.client = client
 
-    async def _node(self, key: str) -> ClusterNode:
+    async def _group(self, ops: Sequence[Op]) -> list[tuple[Hashable, list[int]]]:
         await self.client.initialize()
-        return self.client.get_node_from_key(key)
+        groups: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for i, op in enumerate(ops):
+            node = self.client.get_node_from_key(op.key)
+            groups.setdefault(node.name, (node, []))[1].append(i)
+        return list(groups.values())
 
     async def _recover(self, error: BaseException, key: str | None) -> None:
         with contextlib.suppress(Exception):
@@ -217,25 +260,21 @@ class ClusterLink(Link):
         with contextlib.suppress(Exception):
             await self.client.nodes_manager.initialize()
 
-    async def _load(self, failed: list[tuple[Script, ClusterNode]]) -> None:
-        for script, node in {(s, n.name): (s, n) for s, n in failed}.values():
-            await self.client.execute_command("SCRIPT", "LOAD", script.source, target_nodes=node)
-        if failed:
-            raise NoScriptError("loaded")
+    async def _load(self, script: Script, key: str) -> None:
+        await self.client.initialize()
+        node = self.client.get_node_from_key(key)
+        await self.client.execute_command("SCRIPT", "LOAD", script.source, target_nodes=node)
 
-    async def _eval(self, call: Call, wait: int) -> tuple[Any, int | None]:
-        node = await self._node(call.keys[0])
+    async def _pipeline(self, target: Any, ops: Sequence[Op]) -> list[Reply]:
         pipe = self.client.pipeline(transaction=False)
-        pipe.execute_command(
-            "EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args, target_nodes=node
-        )
+        for op in ops:
+            pipe.execute_command(*op.args, target_nodes=target)
+        wait = max(op.wait for op in ops)
         if wait:
-            pipe.execute_command("WAIT", wait, self.wait_timeout_ms, target_nodes=node)
-        results = await pipe.execute(raise_on_error=False, allow_redirections=False)
-        if isinstance(results[0], NoScriptError):
-            await self._load([(call.script, node)])
-        _raise_errors(results)
-        return results[0], int(results[1]) if wait else None
+            pipe.execute_command("WAIT", wait, self.wait_timeout_ms, target_nodes=target)
+        return self._replies(
+            ops, await pipe.execute(raise_on_error=False, allow_redirections=False)
+        )
 
     async def _eval_many(self, calls: Sequence[Call]) -> list[Any]:
         await self.client.initialize()
@@ -246,13 +285,9 @@ class ClusterLink(Link):
                 "EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args, target_nodes=node
             )
         results = await pipe.execute(raise_on_error=False, allow_redirections=False)
-        await self._load(
-            [
-                (c.script, n)
-                for c, n, r in zip(calls, nodes, results, strict=True)
-                if isinstance(r, NoScriptError)
-            ]
-        )
+        for c, r in zip(calls, results, strict=True):
+            if isinstance(r, NoScriptError):
+                await self._load(c.script, c.keys[0])
         _raise_errors(results)
         return list(results)
 
