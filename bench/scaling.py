@@ -460,8 +460,8 @@ def redis_benchmark(server: Server, n: int, state_bytes: int) -> dict[str, Any]:
 # -- 5. refused creates -------------------------------------------------------------------
 
 
-async def refusal(server: Server, live: int, tries: int) -> float:
-    """Median seconds of a refused create with `live` sessions in the (one) index."""
+async def _full_store(server: Server, live: int) -> RedisSessionStore:
+    """A store at its limit: `live` ids in its (one) index, expiring in an hour."""
     prefix = f"refuse{live}:"
     pipe = server.client.pipeline(transaction=False)
     far = int(time.time() * 1000) + 3_600_000
@@ -469,26 +469,33 @@ async def refusal(server: Server, live: int, tries: int) -> float:
         for i in range(start, min(live, start + 10_000)):
             pipe.zadd(f"{prefix}sessions", {f"id{i}": far})
         pipe.execute()
-    store = RedisSessionStore.from_settings(
-        Settings(
-            session_store="redis",
-            redis_url=server.url,
-            redis_prefix=prefix,
-            max_sessions=live,
-            _env_file=None,
-        )
+    settings = Settings(
+        session_store="redis",
+        redis_url=server.url,
+        redis_prefix=prefix,
+        max_sessions=live,
+        _env_file=None,
     )
-    took = []
+    return RedisSessionStore.from_settings(settings)
+
+
+async def refusals(server: Server, few: int, many: int, tries: int) -> tuple[float, float]:
+    """Median seconds of a refused create at `few` and at `many` live sessions, the two
+    interleaved so that both see the same machine."""
+    stores = {few: await _full_store(server, few), many: await _full_store(server, many)}
+    took: dict[int, list[float]] = {few: [], many: []}
     for i in range(tries):
-        s = Session(f"new{i}", "m", 1, 60, {"h": np.zeros(4, np.float32)})
-        t = time.perf_counter()
-        try:
-            await store.create(s)
-        except CapacityReached:
-            took.append(time.perf_counter() - t)
-    await store.close()
-    assert len(took) == tries
-    return statistics.median(took)
+        for live, store in stores.items():
+            s = Session(f"new{i}", "m", 1, 60, {"h": np.zeros(4, np.float32)})
+            t = time.perf_counter()
+            try:
+                await store.create(s)
+            except CapacityReached:
+                took[live].append(time.perf_counter() - t)
+    for store in stores.values():
+        await store.close()
+    assert all(len(v) == tries for v in took.values())
+    return statistics.median(took[few]), statistics.median(took[many])
 
 
 # -- projection ----------------------------------------------------------------------------
@@ -657,8 +664,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         print(table(bare, ["case", "steps_per_s", "redis_cpu_us_per_step", "redis_cpu_ratio"]))
 
         few, many = 100, args.refusal_sessions
-        t_few = await refusal(master, few, 200)
-        t_many = await refusal(master, many, 200)
+        t_few, t_many = await refusals(master, few, many, 300)
         out["refusal"] = {
             "live_few": few,
             "live_many": many,
