@@ -16,7 +16,8 @@ from app.config import Settings
 from app.errors import CapacityReached
 from app.sessions.base import Session
 from app.sessions.redis import RedisSessionStore
-from tests.redis.conftest import MODEL, RedisServer, Replica
+from tests.live import RedisServer, Replica
+from tests.redis.conftest import MODEL
 from tests.redis.test_replicas import create, step
 
 pytestmark = pytest.mark.redis
