@@ -479,23 +479,37 @@ async def _full_store(server: Server, live: int) -> RedisSessionStore:
     return RedisSessionStore.from_settings(settings)
 
 
-async def refusals(server: Server, few: int, many: int, tries: int) -> tuple[float, float]:
-    """Median seconds of a refused create at `few` and at `many` live sessions, the two
-    interleaved so that both see the same machine."""
+async def refusals(
+    server: Server, few: int, many: int, tries: int
+) -> tuple[float, float, float, float]:
+    """A refused create at `few` and at `many` live sessions: the client's median seconds
+    (the two interleaved, so both see the same machine) and Redis's own microseconds per
+    refusal (INFO commandstats, each size on its own)."""
     stores = {few: await _full_store(server, few), many: await _full_store(server, many)}
     took: dict[int, list[float]] = {few: [], many: []}
+
+    async def refuse(live: int, i: int) -> None:
+        s = Session(f"new{live}-{i}", "m", 1, 60, {"h": np.zeros(4, np.float32)})
+        t = time.perf_counter()
+        try:
+            await stores[live].create(s)
+        except CapacityReached:
+            took[live].append(time.perf_counter() - t)
+
     for i in range(tries):
-        for live, store in stores.items():
-            s = Session(f"new{i}", "m", 1, 60, {"h": np.zeros(4, np.float32)})
-            t = time.perf_counter()
-            try:
-                await store.create(s)
-            except CapacityReached:
-                took[live].append(time.perf_counter() - t)
+        for live in stores:
+            await refuse(live, i)
+    usec: dict[int, float] = {}
+    for live in stores:
+        before = server.client.info("commandstats")["cmdstat_evalsha"]
+        for i in range(tries):
+            await refuse(live, tries + i)
+        after = server.client.info("commandstats")["cmdstat_evalsha"]
+        usec[live] = (after["usec"] - before["usec"]) / (after["calls"] - before["calls"])
     for store in stores.values():
         await store.close()
-    assert all(len(v) == tries for v in took.values())
-    return statistics.median(took[few]), statistics.median(took[many])
+    assert all(len(v) == 2 * tries for v in took.values())
+    return (statistics.median(took[few]), statistics.median(took[many]), usec[few], usec[many])
 
 
 # -- projection ----------------------------------------------------------------------------
@@ -664,17 +678,19 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         print(table(bare, ["case", "steps_per_s", "redis_cpu_us_per_step", "redis_cpu_ratio"]))
 
         few, many = 100, args.refusal_sessions
-        t_few, t_many = await refusals(master, few, many, 300)
+        t_few, t_many, us_few, us_many = await refusals(master, few, many, 300)
         out["refusal"] = {
             "live_few": few,
             "live_many": many,
             "ms_few": 1000 * t_few,
             "ms_many": 1000 * t_many,
-            "ratio": t_many / t_few,
+            "redis_us_few": us_few,
+            "redis_us_many": us_many,
         }
         print(
-            f"\n5. A refused create: {1000 * t_few:.3f} ms at {few} live sessions, "
-            f"{1000 * t_many:.3f} ms at {many:,} (ratio {t_many / t_few:.2f})"
+            f"\n5. A refused create at {few} and at {many:,} live sessions: "
+            f"{1000 * t_few:.3f} and {1000 * t_many:.3f} ms for the client (interleaved), "
+            f"{us_few:.1f} and {us_many:.1f} us of Redis time (the script)"
         )
 
         p = out["projection"] = project(out["memory"], out["per_step"], out["http"])
