@@ -14,9 +14,11 @@ Within one process a per-session asyncio lock keeps the replica's own requests a
 
 One round trip per step: each replica keeps the copy it last wrote of its most recent
 sessions, and a step on one of those goes straight to the compare-and-set (a conflicting
-write returns the current hash, so even a miss costs the two round trips of a read and a
-write). A block that fails on a cached copy is checked against Redis before its error is
-believed, so a stale copy never yields a wrong 409.
+write returns the current hash, so even a miss costs the two round trips of a plain
+HGETALL and a write). A write sends only the fields that changed: the matching revision
+proves the hash holds the rest. A block that fails on a cached copy is checked against
+Redis before its error is believed, so a stale copy never yields a wrong 409. Calls from
+one event-loop turn share a pipeline per node (redis_batch.py).
 
 Durability: with PEEPHOLE_REDIS_MIN_REPLICAS = n, every write is followed on the same
 connection by WAIT n; a change is acknowledged only when n replicas hold it. When fewer
