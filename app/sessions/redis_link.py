@@ -68,15 +68,11 @@ def _no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
-def _raise_errors(results: list[Any]) -> None:
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-
-
 class Link:
     """The common part: the retry loop, the coalescer, a bound on connections in use.
     Subclasses route and send."""
+
+    client: Any  # the redis-py client of the subclass
 
     def __init__(self, retry_seconds: float, wait_timeout_ms: int, connections: int = 64) -> None:
         self.retry_seconds = retry_seconds
@@ -149,8 +145,8 @@ class Link:
         return [(r, int(acked) if op.wait else None) for op, r in zip(ops, results, strict=False)]
 
     async def eval_many(self, calls: Sequence[Call]) -> list[Any]:
-        """Run scripts in as few round trips as the topology allows (reads: no WAIT)."""
-        return await self._retrying(lambda: self._eval_many(calls), None)
+        """Run scripts (no WAIT); issued in one turn, they share a pipeline per node."""
+        return [r for r, _ in await asyncio.gather(*(self.eval(c) for c in calls))]
 
     async def command(self, *args: Any, key: str | None = None) -> Any:
         """A plain command (GET, SET) routed by `key`."""
@@ -168,11 +164,8 @@ class Link:
     async def _load(self, script: Script, key: str) -> None:
         raise NotImplementedError
 
-    async def _eval_many(self, calls: Sequence[Call]) -> list[Any]:
-        raise NotImplementedError
-
     async def _command(self, *args: Any, key: str | None) -> Any:
-        raise NotImplementedError
+        return await self.client.execute_command(*args)
 
     async def _ping(self) -> None:
         raise NotImplementedError
@@ -211,20 +204,6 @@ class SingleLink(Link):
         if wait:
             pipe.execute_command("WAIT", wait, self.wait_timeout_ms)
         return self._replies(ops, await pipe.execute(raise_on_error=False))
-
-    async def _eval_many(self, calls: Sequence[Call]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for c in calls:
-            pipe.execute_command("EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args)
-        results = await pipe.execute(raise_on_error=False)
-        for c, r in zip(calls, results, strict=True):
-            if isinstance(r, NoScriptError):
-                await self._load(c.script, c.keys[0])
-        _raise_errors(results)
-        return list(results)
-
-    async def _command(self, *args: Any, key: str | None) -> Any:
-        return await self.client.execute_command(*args)
 
     async def _ping(self) -> None:
         await self.client.ping()
@@ -275,24 +254,6 @@ class ClusterLink(Link):
         return self._replies(
             ops, await pipe.execute(raise_on_error=False, allow_redirections=False)
         )
-
-    async def _eval_many(self, calls: Sequence[Call]) -> list[Any]:
-        await self.client.initialize()
-        pipe = self.client.pipeline(transaction=False)
-        nodes = [self.client.get_node_from_key(c.keys[0]) for c in calls]
-        for c, node in zip(calls, nodes, strict=True):
-            pipe.execute_command(
-                "EVALSHA", c.script.sha, len(c.keys), *c.keys, *c.args, target_nodes=node
-            )
-        results = await pipe.execute(raise_on_error=False, allow_redirections=False)
-        for c, r in zip(calls, results, strict=True):
-            if isinstance(r, NoScriptError):
-                await self._load(c.script, c.keys[0])
-        _raise_errors(results)
-        return list(results)
-
-    async def _command(self, *args: Any, key: str | None) -> Any:
-        return await self.client.execute_command(*args)
 
     async def _ping(self) -> None:
         await self.client.initialize()

@@ -39,49 +39,59 @@ _POD = {
     "hostIPC": {"type": "boolean"},
 }
 
-SERVING_RUNTIME: dict[str, Any] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "serving.kserve.io/v1alpha1"},
-        "kind": {"enum": ["ServingRuntime", "ClusterServingRuntime"]},
-        "metadata": _META,
-        "spec": {
-            "type": "object",
-            "required": ["containers"],
-            "additionalProperties": False,
-            "properties": {
-                "supportedModelFormats": _array(
-                    {
-                        "type": "object",
-                        "required": ["name"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "name": {"type": "string", "minLength": 1},
-                            "version": {"type": "string"},
-                            "autoSelect": {"type": "boolean"},
-                            "priority": {"type": "integer", "minimum": 1},
-                        },
-                    }
-                ),
-                "multiModel": {"type": "boolean"},
-                "disabled": {"type": "boolean"},
-                "protocolVersions": _array(PROTOCOLS),
-                "grpcEndpoint": {"type": "string"},
-                "grpcDataEndpoint": {"type": "string"},
-                "httpDataEndpoint": {"type": "string"},
-                "replicas": {"type": "integer", "minimum": 0, "maximum": 65535},
-                "storageHelper": {
+
+def _resource(api_version: str, kinds: list[str], spec: dict[str, Any]) -> dict[str, Any]:
+    """A Kubernetes object of these kinds: apiVersion, kind, metadata and this spec only."""
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": api_version},
+            "kind": {"enum": kinds},
+            "metadata": _META,
+            "spec": spec,
+        },
+    }
+
+
+SERVING_RUNTIME = _resource(
+    "serving.kserve.io/v1alpha1",
+    ["ServingRuntime", "ClusterServingRuntime"],
+    {
+        "type": "object",
+        "required": ["containers"],
+        "additionalProperties": False,
+        "properties": {
+            "supportedModelFormats": _array(
+                {
                     "type": "object",
+                    "required": ["name"],
                     "additionalProperties": False,
-                    "properties": {"disabled": {"type": "boolean"}},
-                },
-                **_POD,
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1},
+                        "version": {"type": "string"},
+                        "autoSelect": {"type": "boolean"},
+                        "priority": {"type": "integer", "minimum": 1},
+                    },
+                }
+            ),
+            "multiModel": {"type": "boolean"},
+            "disabled": {"type": "boolean"},
+            "protocolVersions": _array(PROTOCOLS),
+            "grpcEndpoint": {"type": "string"},
+            "grpcDataEndpoint": {"type": "string"},
+            "httpDataEndpoint": {"type": "string"},
+            "replicas": {"type": "integer", "minimum": 0, "maximum": 65535},
+            "storageHelper": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"disabled": {"type": "boolean"}},
             },
+            **_POD,
         },
     },
-}
+)
 
 # ComponentExtensionSpec (inlined in PredictorSpec).
 _EXTENSION = {
@@ -143,36 +153,29 @@ MODEL: dict[str, Any] = {
 }
 
 
-INFERENCE_SERVICE: dict[str, Any] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "serving.kserve.io/v1beta1"},
-        "kind": {"const": "InferenceService"},
-        "metadata": _META,
-        "spec": {
-            "type": "object",
-            "required": ["predictor"],
-            "additionalProperties": False,
-            "properties": {
-                "predictor": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "model": MODEL,
-                        "serviceAccountName": {"type": "string"},
-                        "containers": _array(k8s("io.k8s.api.core.v1.Container")),
-                        "volumes": _array(k8s("io.k8s.api.core.v1.Volume")),
-                        "nodeSelector": _strings(),
-                        "tolerations": _array(k8s("io.k8s.api.core.v1.Toleration")),
-                        "affinity": k8s("io.k8s.api.core.v1.Affinity"),
-                        **_EXTENSION,
-                    },
+# PredictorSpec: a ModelSpec, the PodSpec fields we may set, ComponentExtensionSpec.
+_PREDICTOR_POD = ("containers", "volumes", "nodeSelector", "tolerations", "affinity")
+
+INFERENCE_SERVICE = _resource(
+    "serving.kserve.io/v1beta1",
+    ["InferenceService"],
+    {
+        "type": "object",
+        "required": ["predictor"],
+        "additionalProperties": False,
+        "properties": {
+            "predictor": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "model": MODEL,
+                    "serviceAccountName": {"type": "string"},
+                    **{k: _POD[k] for k in _PREDICTOR_POD},
+                    **_EXTENSION,
                 },
-                "transformer": {"type": "object"},
-                "explainer": {"type": "object"},
             },
+            "transformer": {"type": "object"},
+            "explainer": {"type": "object"},
         },
     },
-}
+)

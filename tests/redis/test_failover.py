@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.redis.conftest import DURABLE, MODEL, Replica, start_all
-from tests.redis.streaming import check_exactly_once, stream_many
+from tests.redis.streaming import Run, check_exactly_once, stream_many
 from tests.redis.topology import LocalCluster, LocalSentinel, wait_for
 
 pytestmark = pytest.mark.redis
@@ -36,7 +36,7 @@ def workload(sessions: int, steps: int, seed: int) -> tuple[list[np.ndarray], li
 class KillAt:
     """Calls `kill` once when the acknowledged steps reach `at`, then `heal` in a thread."""
 
-    def __init__(self, at: int, kill, heal) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, kill, heal, at: int = 0) -> None:  # type: ignore[no-untyped-def]
         self.at, self.kill, self.heal = at, kill, heal
         self.killed_at: float | None = None
         self.thread: threading.Thread | None = None
@@ -74,6 +74,21 @@ def report(
         )
 
 
+def stream_through_a_kill(
+    pair: list[Replica], sessions: int, steps: int, seed: int, killer: KillAt
+) -> Run:
+    """Stream `sessions` x `steps` through the pair while `killer` strikes; then every
+    session must stand at its acknowledged steps with whole-predict outputs."""
+    seqs, sizes = workload(sessions, steps, seed)
+    killer.at = int(0.3 * sessions * steps)
+    run = asyncio.run(stream_many([r.url for r in pair], MODEL, seqs, sizes, killer, 90))
+    killer.join()
+    assert run.failures(), "no client saw the failover: the test measured nothing"
+    with pair[0].client() as c:
+        check_exactly_once(c, MODEL, run, seqs)
+    return run
+
+
 def test_cluster_master_sigkill(
     repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -81,7 +96,6 @@ def test_cluster_master_sigkill(
     env = {"PEEPHOLE_REDIS_MODE": "cluster", **DURABLE}
     pair = start_all([Replica(repo, cluster.url, **env) for _ in range(2)])
     try:
-        seqs, sizes = workload(50, 30, seed=1)
         victim = cluster.master_ports()[0]
 
         phases: dict[str, float] = {}
@@ -96,15 +110,9 @@ def test_cluster_master_sigkill(
             cluster.wait_healthy()
             phases["old master back as its replica"] = killer.since()
 
-        killer = KillAt(int(0.3 * 50 * 30), cluster.node(victim).kill, heal)
-        run = asyncio.run(stream_many([r.url for r in pair], MODEL, seqs, sizes, killer, 90))
-        killer.join()
-        assert cluster.roles()[victim] == "slave", (
-            "the killed master did not come back as a replica"
-        )
-        assert run.failures(), "no client saw the failover: the test measured nothing"
-        with pair[0].client() as c:
-            check_exactly_once(c, MODEL, run, seqs)
+        killer = KillAt(cluster.node(victim).kill, heal)
+        run = stream_through_a_kill(pair, 50, 30, 1, killer)
+        assert cluster.roles()[victim] == "slave", "the killed master is not back as a replica"
         report(capsys, "cluster failover", run, killer, **phases)
     finally:
         for r in pair:
@@ -124,7 +132,6 @@ def test_sentinel_master_sigkill(
     }
     pair = start_all([Replica(repo, "redis://ignored:1/0", **env) for _ in range(2)])
     try:
-        seqs, sizes = workload(20, 30, seed=2)
         first = redis.master_port()
 
         phases: dict[str, float] = {}
@@ -133,13 +140,9 @@ def test_sentinel_master_sigkill(
             wait_for(lambda: redis.master_port() != first, 30, "the promotion", every=0.1)
             phases["sentinels promoted a replica"] = killer.since()
 
-        killer = KillAt(int(0.3 * 20 * 30), redis.by_port(first).kill, heal)
-        run = asyncio.run(stream_many([r.url for r in pair], MODEL, seqs, sizes, killer, 90))
-        killer.join()
+        killer = KillAt(redis.by_port(first).kill, heal)
+        run = stream_through_a_kill(pair, 20, 30, 2, killer)
         assert redis.master_port() != first
-        assert run.failures(), "no client saw the failover: the test measured nothing"
-        with pair[0].client() as c:
-            check_exactly_once(c, MODEL, run, seqs)
         report(capsys, "sentinel failover", run, killer, **phases)
     finally:
         for r in pair:
