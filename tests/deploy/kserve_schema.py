@@ -15,6 +15,16 @@ def k8s(name: str) -> dict[str, str]:
     return {"$ref": K8S + name}
 
 
+def _object(properties: dict[str, Any], *required: str) -> dict[str, Any]:
+    """An object with these properties only (unknown fields fail)."""
+    return {
+        "type": "object",
+        "required": list(required),
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
 def _strings() -> dict[str, Any]:
     return {"type": "object", "additionalProperties": {"type": "string"}}
 
@@ -23,8 +33,23 @@ def _array(item: dict[str, Any], min_items: int = 0) -> dict[str, Any]:
     return {"type": "array", "items": item, "minItems": min_items}
 
 
+def _resource(api_version: str, kinds: list[str], spec: dict[str, Any]) -> dict[str, Any]:
+    """A Kubernetes object of these kinds: apiVersion, kind, metadata and this spec only."""
+    return _object(
+        {
+            "apiVersion": {"const": api_version},
+            "kind": {"enum": kinds},
+            "metadata": k8s("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
+            "spec": spec,
+        },
+        "apiVersion", "kind", "metadata", "spec",
+    )  # fmt: skip
+
+
 PROTOCOLS = {"enum": ["v1", "v2", "grpc-v1", "grpc-v2"]}
-_META = k8s("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")
+_NAME = {"type": "string", "minLength": 1}
+_STRING = {"type": "string"}
+_BOOL = {"type": "boolean"}
 
 # ServingRuntimePodSpec (inlined in ServingRuntimeSpec).
 _POD = {
@@ -36,61 +61,37 @@ _POD = {
     "labels": _strings(),
     "annotations": _strings(),
     "imagePullSecrets": _array(k8s("io.k8s.api.core.v1.LocalObjectReference")),
-    "hostIPC": {"type": "boolean"},
+    "hostIPC": _BOOL,
 }
-
-
-def _resource(api_version: str, kinds: list[str], spec: dict[str, Any]) -> dict[str, Any]:
-    """A Kubernetes object of these kinds: apiVersion, kind, metadata and this spec only."""
-    return {
-        "type": "object",
-        "required": ["apiVersion", "kind", "metadata", "spec"],
-        "additionalProperties": False,
-        "properties": {
-            "apiVersion": {"const": api_version},
-            "kind": {"enum": kinds},
-            "metadata": _META,
-            "spec": spec,
-        },
-    }
-
 
 SERVING_RUNTIME = _resource(
     "serving.kserve.io/v1alpha1",
     ["ServingRuntime", "ClusterServingRuntime"],
-    {
-        "type": "object",
-        "required": ["containers"],
-        "additionalProperties": False,
-        "properties": {
+    _object(
+        {
             "supportedModelFormats": _array(
-                {
-                    "type": "object",
-                    "required": ["name"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "name": {"type": "string", "minLength": 1},
-                        "version": {"type": "string"},
-                        "autoSelect": {"type": "boolean"},
+                _object(
+                    {
+                        "name": _NAME,
+                        "version": _STRING,
+                        "autoSelect": _BOOL,
                         "priority": {"type": "integer", "minimum": 1},
                     },
-                }
+                    "name",
+                )
             ),
-            "multiModel": {"type": "boolean"},
-            "disabled": {"type": "boolean"},
+            "multiModel": _BOOL,
+            "disabled": _BOOL,
             "protocolVersions": _array(PROTOCOLS),
-            "grpcEndpoint": {"type": "string"},
-            "grpcDataEndpoint": {"type": "string"},
-            "httpDataEndpoint": {"type": "string"},
+            "grpcEndpoint": _STRING,
+            "grpcDataEndpoint": _STRING,
+            "httpDataEndpoint": _STRING,
             "replicas": {"type": "integer", "minimum": 0, "maximum": 65535},
-            "storageHelper": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {"disabled": {"type": "boolean"}},
-            },
+            "storageHelper": _object({"disabled": _BOOL}),
             **_POD,
         },
-    },
+        "containers",
+    ),
 )
 
 # ComponentExtensionSpec (inlined in PredictorSpec).
@@ -129,29 +130,18 @@ CONTAINER_FIELDS = [
     "securityContext",
 ]  # fmt: skip  (the test checks these against Kubernetes' Container schema)
 
-MODEL: dict[str, Any] = {
-    "type": "object",
-    "required": ["modelFormat"],
-    "additionalProperties": False,
-    "properties": {
-        "modelFormat": {
-            "type": "object",
-            "required": ["name"],
-            "additionalProperties": False,
-            "properties": {
-                "name": {"type": "string", "minLength": 1},
-                "version": {"type": "string"},
-            },
-        },
-        "runtime": {"type": "string", "minLength": 1},
+MODEL = _object(
+    {
+        "modelFormat": _object({"name": _NAME, "version": _STRING}, "name"),
+        "runtime": _NAME,
         "storageUri": {"type": "string", "pattern": "^[a-z0-9+.-]+://"},
-        "runtimeVersion": {"type": "string"},
+        "runtimeVersion": _STRING,
         "protocolVersion": PROTOCOLS,
         "storage": {"type": "object"},
         **{f: {} for f in CONTAINER_FIELDS},
     },
-}
-
+    "modelFormat",
+)
 
 # PredictorSpec: a ModelSpec, the PodSpec fields we may set, ComponentExtensionSpec.
 _PREDICTOR_POD = ("containers", "volumes", "nodeSelector", "tolerations", "affinity")
@@ -159,23 +149,19 @@ _PREDICTOR_POD = ("containers", "volumes", "nodeSelector", "tolerations", "affin
 INFERENCE_SERVICE = _resource(
     "serving.kserve.io/v1beta1",
     ["InferenceService"],
-    {
-        "type": "object",
-        "required": ["predictor"],
-        "additionalProperties": False,
-        "properties": {
-            "predictor": {
-                "type": "object",
-                "additionalProperties": False,
-                "properties": {
+    _object(
+        {
+            "predictor": _object(
+                {
                     "model": MODEL,
-                    "serviceAccountName": {"type": "string"},
+                    "serviceAccountName": _STRING,
                     **{k: _POD[k] for k in _PREDICTOR_POD},
                     **_EXTENSION,
-                },
-            },
+                }
+            ),
             "transformer": {"type": "object"},
             "explainer": {"type": "object"},
         },
-    },
+        "predictor",
+    ),
 )
