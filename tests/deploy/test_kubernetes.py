@@ -122,10 +122,10 @@ def test_rendering_agrees_with_kubectl_kustomize() -> None:
     """Our renderer is what the other tests read; kubectl's kustomize, where it is
     installed, must produce the same objects."""
     kubectl = shutil.which("kubectl")
+    if kubectl is None:  # said, not passed off: the schema tests above still ran
+        pytest.skip("kubectl is not installed: kustomize rendering not compared")
     for directory, ours in ((DEPLOY, BASE), (DEPLOY / "kserve", KSERVE)):
         assert ours, directory
-        if kubectl is None:
-            continue
         out = subprocess.run(
             [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60
         )
