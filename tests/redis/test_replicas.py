@@ -142,12 +142,12 @@ def test_capacity_and_expiry_are_shared(repo: Path, redis_server: RedisServer) -
     pair = [Replica(repo, redis_server.url, **env).start() for _ in range(2)]
     try:
         a, b = (r.client() for r in pair)
-        short = create(a, ttl_seconds=1)
         create(b)
         create(a)
+        short = create(a, ttl_seconds=2)  # last, so a slow box cannot expire it too early
         r = b.post("/v1/sessions", json={"model": MODEL})
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
-        time.sleep(1.3)  # the short session expires in Redis: gone on both replicas
+        time.sleep(2.5)  # the short session expires in Redis: gone on both replicas
         assert a.get(f"/v1/sessions/{short}").status_code == 404
         assert b.get(f"/v1/sessions/{short}").status_code == 404
         assert b.post("/v1/sessions", json={"model": MODEL}).status_code == 201
