@@ -95,6 +95,9 @@ class Normalization(BaseModel):
     input_std: list[float]
     target_mean: list[float] | None = None
     target_std: list[float] | None = None
+    # For each output, the input column whose raw value the graph adds to it: the network
+    # predicts the change from that input's current value (e.g. a series' last value).
+    target_offset_input: list[int] | None = None
 
 
 class GraphFile(BaseModel):
@@ -147,6 +150,8 @@ class ModelCard(BaseModel):
     critic: TDCritic | None = None
     training: TrainingInfo
     onnx: OnnxInfo
+    # How the exporter checked the graphs against the trained module (its rule and errors).
+    verification: dict[str, Any] | None = None
 
     @field_validator("state")
     @classmethod
