@@ -24,8 +24,9 @@ def _nmse(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.mean((pred - target) ** 2) / np.var(target))
 
 
-def linear_ar(train: np.ndarray, val: np.ndarray, test: np.ndarray, *, warmup: int,
-              max_window: int) -> dict[str, Any]:
+def linear_ar(
+    train: np.ndarray, val: np.ndarray, test: np.ndarray, *, warmup: int, max_window: int
+) -> dict[str, Any]:
     """Least-squares AR(p) for p = 1..max_window; p by validation NMSE; test NMSE at t >= warmup."""
     if max_window > warmup + 1:
         raise ValueError("the window must fit in the warm-up so both score the same steps")
@@ -45,3 +46,36 @@ def linear_ar(train: np.ndarray, val: np.ndarray, test: np.ndarray, *, warmup: i
         "test_nmse": _nmse(at @ w, bt),
         "val_nmse_by_window": {str(p): v for p, (_, v) in fits.items()},
     }
+
+
+def forecast_baselines(
+    s: np.ndarray, n_train: int, horizon: int, score: np.ndarray, max_window: int
+) -> dict[str, Any]:
+    """The two forecasts a model of a series must beat, on the steps `score` (origins t;
+    the target is s[t + horizon]):
+
+    - naive: the last value, s[t];
+    - linear AR(p): s[t + horizon] from [s[t-p+1], ..., s[t], 1] by least squares on the
+      training rows (targets before `n_train`); p in 1..max_window chosen on the scored
+      steps themselves, which favours the baseline.
+    Returns predictions and MSEs (raw units).
+    """
+    s = np.asarray(s, dtype=np.float64)
+    truth = s[score + horizon]
+    naive = s[score]
+    best: tuple[float, int, np.ndarray] | None = None
+    for p in range(1, max_window + 1):
+        ts = np.arange(p - 1, n_train - horizon)
+        if len(ts) < p + 2 or score.min() < p - 1:
+            break
+        a = np.stack([*(s[ts - lag] for lag in range(p - 1, -1, -1)), np.ones(len(ts))], 1)
+        w, *_ = np.linalg.lstsq(a, s[ts + horizon], rcond=None)
+        av = np.stack([*(s[score - lag] for lag in range(p - 1, -1, -1)), np.ones(len(score))], 1)
+        pred = av @ w
+        mse = float(np.mean((pred - truth) ** 2))
+        if best is None or mse < best[0]:
+            best = (mse, p, pred)
+    out: dict[str, Any] = {"naive_mse": float(np.mean((naive - truth) ** 2)), "naive": naive}
+    if best is not None:
+        out.update(ar_mse=best[0], ar_window=best[1], ar=best[2])
+    return out

@@ -1,8 +1,9 @@
 """`python -m training figures`: the plots and numbers of docs/QUALITY.md.
 
-Every figure is drawn from the SHIPPED models as they are served (ONNX Runtime on
-models/<name>/<latest>/, the internals graph where gates are shown), on fresh data from the
-task generators (`--seed`, never used for training), so the pictures show what a user gets.
+Every figure is drawn from the SHIPPED models as they are served (the serving engine,
+app.inference.engine, on models/<name>/<latest>/; its internals graph where gates are
+shown), on fresh data from the task generators (`--seed`, never used for training), so the
+pictures show what a user gets.
 The numbers quoted in QUALITY.md are written beside the PNGs in `figures.json`.
 
 Figures (docs/img/quality/):
@@ -28,9 +29,10 @@ from typing import Any
 
 import matplotlib
 import numpy as np
-import onnxruntime as ort
 
-from app.inference.card import ModelCard
+from app.inference.engine import Engine
+from app.inference.repository import load_version
+from training.baselines import linear_ar
 from training.tasks import adding, embedded_reber, mackey_glass, msd, trace_conditioning
 
 matplotlib.use("Agg")
@@ -38,32 +40,29 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 class Served:
-    """A shipped model version run in ONNX Runtime, with its state from the card."""
+    """A shipped model version as the server runs it: the serving engine
+    (app.inference.engine, ONNX Runtime on the CPU) on the repository's accepted version."""
 
     def __init__(self, repo: Path, name: str) -> None:
         versions = [p for p in (repo / name).iterdir() if p.is_dir() and p.name.isdigit()]
         self.dir = max(versions, key=lambda p: int(p.name))
-        self.card = ModelCard.model_validate_json((self.dir / "model.json").read_text())
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        self.lean = ort.InferenceSession(str(self.dir / "model.onnx"), opts,
-                                         providers=["CPUExecutionProvider"])
-        path = self.dir / "model.internals.onnx"
-        self.internals = (ort.InferenceSession(str(path), opts,
-                                               providers=["CPUExecutionProvider"])
-                          if path.exists() else None)
+        mv = load_version(self.dir, name, int(self.dir.name))
+        self.card = mv.card
+        self.engine = Engine(mv, provider="cpu")
 
-    def zero_state(self, batch: int) -> dict[str, np.ndarray]:
-        return {s.input: np.zeros((batch, *s.shape), np.float32) for s in self.card.state}
+    def run(
+        self, x: np.ndarray, state: dict[str, np.ndarray] | None = None, internals: bool = False
+    ) -> dict[str, np.ndarray]:
+        """`y`, the final state by name (cell_states, ...) and, with `internals`, the
+        per-step internals under `internals/<name>`."""
+        r = self.engine.run(np.ascontiguousarray(x, np.float32), state, internals=internals)
+        out = {"y": r.y, **{f"state/{k}": v for k, v in r.states.items()}}
+        out.update({f"internals/{k}": v for k, v in (r.internals or {}).items()})
+        return out
 
-    def run(self, x: np.ndarray, state: dict[str, np.ndarray] | None = None,
-            internals: bool = False) -> dict[str, np.ndarray]:
-        """Outputs by name: y, the state outputs, and (internals) per-step internals."""
-        sess = self.internals if internals else self.lean
-        feeds = {"x": np.ascontiguousarray(x, np.float32),
-                 **(state if state is not None else self.zero_state(len(x)))}
-        names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(names, feeds), strict=True))
+    @staticmethod
+    def state(r: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("state/")}
 
 
 # -------------------------------------------------------------- Mackey-Glass
@@ -92,15 +91,15 @@ def _lstm_iterated(m: Served, s: np.ndarray, origins: np.ndarray, k: int) -> np.
     """[len(origins), k] from the served model: the true series up to each origin builds the
     state (internals give it at every step), then the model's outputs are fed back."""
     r = m.run(s[None, :, None], internals=True)
-    names = {st.name: st.input for st in m.card.state}
-    state = {names[n]: r[n][0, origins] for n in names}  # state after consuming s[t]
+    # The state after consuming s[t]: the per-step internals carry every state tensor.
+    state = {st.name: r[f"internals/{st.name}"][0, origins] for st in m.card.state}
     out = np.empty((len(origins), k))
     nxt = r["y"][0, origins, 0]
     for j in range(k):
         out[:, j] = nxt
         if j + 1 < k:
             step = m.run(nxt[:, None, None], state)
-            state = {st.input: step[st.output] for st in m.card.state}
+            state = m.state(step)
             nxt = step["y"][:, 0, 0]
     return out
 
@@ -112,8 +111,6 @@ def mackey_glass_figures(repo: Path, out: Path) -> dict[str, Any]:
     val = mackey_glass.series(1500, task.x0["val"])
     test = mackey_glass.series(1500, task.x0["test"])
     warm, k = task.warmup, 6
-    from training.baselines import linear_ar
-
     p = linear_ar(train, val, test, warmup=warm, max_window=warm)["window"]
     w = _ar_fit(train, p)
     origins = np.arange(warm, len(test) - k)
@@ -121,21 +118,23 @@ def mackey_glass_figures(repo: Path, out: Path) -> dict[str, Any]:
     lstm = _lstm_iterated(m, test, origins, k)
     ar = _ar_iterated(test, w, origins, k)
     var = np.var(truth, axis=0)
-    res = {"series": "test, x0 = 0.5, 1,500 samples, origins t = 100..1493",
-           "ar_window": int(p), "steps_ahead": list(range(1, k + 1)),
-           "lstm_nmse": (np.mean((lstm - truth) ** 2, 0) / var).tolist(),
-           "linear_ar_nmse": (np.mean((ar - truth) ** 2, 0) / var).tolist()}
+    res = {
+        "series": "test, x0 = 0.5, 1,500 samples, origins t = 100..1493",
+        "ar_window": int(p),
+        "steps_ahead": list(range(1, k + 1)),
+        "lstm_nmse": (np.mean((lstm - truth) ** 2, 0) / var).tolist(),
+        "linear_ar_nmse": (np.mean((ar - truth) ** 2, 0) / var).tolist(),
+    }
 
     # Free run: true past up to t0, then the model's own outputs only.
     t0, n_free = 500, 300
-    state = m.zero_state(1)
-    r = m.run(test[None, : t0 + 1, None], state)
-    state = {st.input: r[st.output] for st in m.card.state}
+    r = m.run(test[None, : t0 + 1, None])
+    state = m.state(r)
     free, nxt = [], float(r["y"][0, -1, 0])
     for _ in range(n_free):
         free.append(nxt)
         step = m.run(np.array([[[nxt]]]), state)
-        state = {st.input: step[st.output] for st in m.card.state}
+        state = m.state(step)
         nxt = float(step["y"][0, 0, 0])
     one = m.run(test[None, :-1, None])["y"][0, :, 0]  # one-step predictions of test[1:]
 
@@ -148,8 +147,13 @@ def mackey_glass_figures(repo: Path, out: Path) -> dict[str, Any]:
     axes[1].plot(ts + 1, one[ts] - test[ts + 1], color="C3", lw=1)
     axes[1].set_title("one-step error (prediction - truth)")
     tf = np.arange(t0 + 1, t0 + 1 + n_free)
-    axes[2].plot(np.arange(t0 - 100, t0 + 1 + n_free), test[t0 - 100 : t0 + 1 + n_free],
-                 label="truth", lw=2.2, color="0.7")
+    axes[2].plot(
+        np.arange(t0 - 100, t0 + 1 + n_free),
+        test[t0 - 100 : t0 + 1 + n_free],
+        label="truth",
+        lw=2.2,
+        color="0.7",
+    )
     axes[2].plot(tf, free, label=f"LSTM free-running from sample {t0}", lw=1, color="C1")
     axes[2].axvline(t0 + 0.5, color="k", ls=":", lw=1)
     axes[2].set_title("free-running generation: outputs fed back as inputs")
@@ -163,8 +167,9 @@ def mackey_glass_figures(repo: Path, out: Path) -> dict[str, Any]:
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.semilogy(res["steps_ahead"], res["lstm_nmse"], "o-", label="LSTM (shipped), iterated")
-    ax.semilogy(res["steps_ahead"], res["linear_ar_nmse"], "s--",
-                label=f"linear AR({p}) window, iterated")
+    ax.semilogy(
+        res["steps_ahead"], res["linear_ar_nmse"], "s--", label=f"linear AR({p}) window, iterated"
+    )
     ax.set_xlabel("steps ahead (x 6 time units)")
     ax.set_ylabel("NMSE on the fresh test series")
     ax.set_title("Mackey-Glass: iterated prediction")
@@ -175,9 +180,12 @@ def mackey_glass_figures(repo: Path, out: Path) -> dict[str, Any]:
     plt.close(fig)
     dev = np.abs(np.array(free) - test[t0 + 1 : t0 + 1 + n_free])
     off = np.flatnonzero(dev > 0.1)
-    res["free_run"] = {"from_sample": t0, "steps": n_free,
-                       "rmse_first_50": float(np.sqrt(np.mean(dev[:50] ** 2))),
-                       "samples_until_error_above_0.1": int(off[0]) + 1 if len(off) else None}
+    res["free_run"] = {
+        "from_sample": t0,
+        "steps": n_free,
+        "rmse_first_50": float(np.sqrt(np.mean(dev[:50] ** 2))),
+        "samples_until_error_above_0.1": int(off[0]) + 1 if len(off) else None,
+    }
     return res
 
 
@@ -200,12 +208,18 @@ def trace_conditioning_figure(repo: Path, out: Path) -> dict[str, Any]:
         t0 = onsets[10]
         y = r["y"][0, t0 : t0 + 13, 0]
         res[kind] = [round(float(v), 4) for v in y]
-        axes[0].plot(steps * tc.STEP_MS, y, ("o-", "s-", "^--", "x:")[i], color=f"C{i}",
-                     label=kind, ms=(6, 6, 7, 8)[i])
+        axes[0].plot(
+            steps * tc.STEP_MS,
+            y,
+            ("o-", "s-", "^--", "x:")[i],
+            color=f"C{i}",
+            label=kind,
+            ms=(6, 6, 7, 8)[i],
+        )
         if delay is not None:
             axes[0].axvline((delay - 1) * tc.STEP_MS, color=f"C{i}", ls=":", lw=1)
         if delay == tc.US_STEP:
-            gates_normal = r["gates"][0, t0 - 3 : t0 + 13]
+            gates_normal = r["internals/gates"][0, t0 - 3 : t0 + 13]
     axes[0].set_xlabel("time since CS (ms); dotted: the step before the US")
     axes[0].set_ylabel("output: predicted US at the next step")
     axes[0].set_title("trace conditioning (shipped model, 11th trial of a stream)")
@@ -215,8 +229,13 @@ def trace_conditioning_figure(repo: Path, out: Path) -> dict[str, Any]:
     names = ("input", "forget", "output")
     for b in range(gates_normal.shape[1]):
         for g in range(3):
-            axes[1].plot(gs, gates_normal[:, b, g], ls=("-", "--")[b], color=f"C{g}",
-                         label=f"block {b} {names[g]} gate")
+            axes[1].plot(
+                gs,
+                gates_normal[:, b, g],
+                ls=("-", "--")[b],
+                color=f"C{g}",
+                label=f"block {b} {names[g]} gate",
+            )
     axes[1].axvline(0, color="k", lw=0.8)
     axes[1].axvline(tc.US_STEP * tc.STEP_MS, color="k", lw=0.8)
     axes[1].set_xlabel("time since CS (ms); lines: CS and US")
@@ -245,8 +264,9 @@ def embedded_reber_figure(repo: Path, out: Path, seed: int) -> dict[str, Any]:
     im = ax.imshow(y[n, :steps].T, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     legal = split.y[n, :steps].T > 0.5
     rr, cc = np.nonzero(legal)
-    ax.scatter(cc, rr, marker="o", facecolors="none", edgecolors="r", s=90,
-               label="legal next symbol")
+    ax.scatter(
+        cc, rr, marker="o", facecolors="none", edgecolors="r", s=90, label="legal next symbol"
+    )
     ax.set_yticks(range(7), list(embedded_reber.SYMBOLS))
     ax.set_xticks(range(steps), list(s[:-1]))
     ax.set_xlabel("input symbol at each step")
@@ -257,8 +277,7 @@ def embedded_reber_figure(repo: Path, out: Path, seed: int) -> dict[str, Any]:
     fig.tight_layout()
     fig.savefig(out / "embedded_reber.png", dpi=90)
     plt.close(fig)
-    return {"strings": len(strings), "correct": int(ok.sum()), "shown": s,
-            "seed": seed}
+    return {"strings": len(strings), "correct": int(ok.sum()), "shown": s, "seed": seed}
 
 
 # ----------------------------------------------------------------- adding, MSD
@@ -274,8 +293,7 @@ def adding_msd_figure(repo: Path, out: Path, seed: int) -> dict[str, Any]:
     axes[0].plot([0, 1], [0, 1], color="0.7", lw=1)
     axes[0].scatter(ta, ya, s=3)
     wrong = int((np.abs(ya - ta) >= adding.TOLERANCE).sum())
-    axes[0].set_title(f"adding, T = 100: {len(ta)} fresh sequences, {wrong} with "
-                      "|error| >= 0.04")
+    axes[0].set_title(f"adding, T = 100: {len(ta)} fresh sequences, {wrong} with |error| >= 0.04")
     axes[0].set_xlabel("target 0.5 + (X1 + X2)/4")
     axes[0].set_ylabel("output at the last step")
     axes[0].grid(alpha=0.3)
@@ -284,23 +302,39 @@ def adding_msd_figure(repo: Path, out: Path, seed: int) -> dict[str, Any]:
     axes[1].axhline(0.5, color="k", lw=0.8)
     err = np.abs(ym[times[1:]] - delays)
     bad = np.flatnonzero(err >= msd.ERROR_LIMIT)
-    axes[1].scatter(idx[bad], ym[times[1:]][bad], s=80, facecolors="none", edgecolors="r",
-                    label="wrong (|error| >= 0.49)")
+    axes[1].scatter(
+        idx[bad],
+        ym[times[1:]][bad],
+        s=80,
+        facecolors="none",
+        edgecolors="r",
+        label="wrong (|error| >= 0.49)",
+    )
     axes[1].legend(loc="center right", fontsize=8)
-    axes[1].set_title(f"MSD: output at each of {len(idx)} fresh spikes\n"
-                      f"(orange: I(n) = 1, blue: I(n) = 0); wrong: spikes {(bad + 1).tolist()}",
-                      fontsize=10)
+    axes[1].set_title(
+        f"MSD: output at each of {len(idx)} fresh spikes\n"
+        f"(orange: I(n) = 1, blue: I(n) = 0); wrong: spikes {(bad + 1).tolist()}",
+        fontsize=10,
+    )
     axes[1].set_xlabel("spike n")
     axes[1].set_ylabel("output")
     axes[1].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "adding_msd.png", dpi=90)
     plt.close(fig)
-    return {"adding": {"sequences": len(ta), "wrong": wrong,
-                       "max_abs_error": float(np.abs(ya - ta).max())},
-            "msd": {"spikes": len(idx), "wrong_spikes": (bad + 1).tolist(),
-                    "first_spike_step": int(times[0]),
-                    "longest_right_run": int(msd.longest_run(err < msd.ERROR_LIMIT)[0])}}
+    return {
+        "adding": {
+            "sequences": len(ta),
+            "wrong": wrong,
+            "max_abs_error": float(np.abs(ya - ta).max()),
+        },
+        "msd": {
+            "spikes": len(idx),
+            "wrong_spikes": (bad + 1).tolist(),
+            "first_spike_step": int(times[0]),
+            "longest_right_run": int(msd.longest_run(err < msd.ERROR_LIMIT)[0]),
+        },
+    }
 
 
 # --------------------------------------------------------------- curves
@@ -314,8 +348,11 @@ def training_curves_figure(repo: Path, out: Path, names: list[str]) -> None:
         ax.semilogy(ep, [h["train_loss"] for h in hist], mk, label="train")
         ax.semilogy(ep, [h["val_loss"] for h in hist], mk, label="validation")
         met = json.loads((m.dir / "metrics.json").read_text())
-        seen = (f"{met['time_steps']:,} stream steps" if met["hyperparameters"]["stateful"]
-                else f"{met['sequences']:,} sequences")
+        seen = (
+            f"{met['time_steps']:,} stream steps"
+            if met["hyperparameters"]["stateful"]
+            else f"{met['sequences']:,} sequences"
+        )
         ax.set_title(f"{name}/{m.dir.name}: {seen}", fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -334,17 +371,22 @@ def reproduce_curves_figure(paths: list[Path], out: Path) -> None:
         for r in (r for r in rows if r["task"] == task):
             c = r["curve"]
             if c:
-                ax.plot([p["units"] for p in c], [p["loss"] for p in c], "o-", ms=3,
-                        label=f"{r['setup']} ({r['optimizer']} lr {r['lr']:g}, "
-                              f"batch {r['batch']})")
+                ax.plot(
+                    [p["units"] for p in c],
+                    [p["loss"] for p in c],
+                    "o-",
+                    ms=3,
+                    label=f"{r['setup']} ({r['optimizer']} lr {r['lr']:g}, batch {r['batch']})",
+                )
             if r["solved_at"] is not None:
                 ax.axvline(r["solved_at"], ls=":", color=ax.lines[-1].get_color())
         ax.set_yscale("log")
         units = [p["units"] for r in rows if r["task"] == task for p in r["curve"]]
         if units and max(units) > 20 * min(units):
             ax.set_xscale("log")
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 3)) if ax.get_xscale() == \
-            "linear" else None
+        ax.ticklabel_format(
+            axis="x", style="sci", scilimits=(0, 3)
+        ) if ax.get_xscale() == "linear" else None
         ax.set_title(task, fontsize=10)
         ax.set_xlabel(f"training {rows[[r['task'] for r in rows].index(task)]['unit']}")
         ax.grid(alpha=0.3, which="both")
@@ -361,8 +403,11 @@ def main(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     repo = Path(args.models)
     numbers: dict[str, Any] = {"seed": args.seed}
-    shipped = [n for n in ("mackey-glass", "trace-conditioning", "embedded-reber", "adding",
-                           "msd") if (repo / n).is_dir()]
+    shipped = [
+        n
+        for n in ("mackey-glass", "trace-conditioning", "embedded-reber", "adding", "msd")
+        if (repo / n).is_dir()
+    ]
     training_curves_figure(repo, out, shipped)
     if "mackey-glass" in shipped:
         numbers["mackey_glass"] = mackey_glass_figures(repo, out)

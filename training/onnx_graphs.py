@@ -112,7 +112,7 @@ class Builder:
         return output
 
 
-# ------------------------------------------------------------------ shared parts
+# ------------------------------------------------------------------ common parts
 def _io(config: PeepholeConfig, internals: bool):
     """Graph inputs and outputs (value infos) per DESIGN.md."""
     c = config
@@ -181,6 +181,13 @@ def _output_layer(g: Builder, w: Weights, xn: str, ys: str, gates: str | None, n
     if denorm:
         z = g.op("Mul", [z, g.const("target_std", _row(norm.target_std))])
         z = g.op("Add", [z, g.const("target_mean", _row(norm.target_mean))])
+    if norm is not None and norm.target_offset_input is not None:
+        # The network predicts the change from an input's current value: add that value
+        # (raw units) back. Per step, so streaming in chunks equals the whole sequence.
+        last = g.op(
+            "Gather", ["x", g.ints("offset_input", norm.target_offset_input)], "offset", axis=2
+        )
+        z = g.op("Add", [z, last], "y_level")
     g.named("Identity", [z], "y")
 
 

@@ -11,14 +11,14 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_history(history: list[dict[str, Any]], path: Path, title: str = "",
-                 monitor: str = "loss") -> Path:
+def plot_history(
+    history: list[dict[str, Any]], path: Path, title: str = "", monitor: str = "loss"
+) -> Path:
     """Train/validation loss per epoch (log scale) and, if the task watches another metric,
     that metric on validation in a second panel."""
     epochs = [h["epoch"] for h in history]
     extra = monitor != "loss" and all(f"val_{monitor}" in h for h in history)
-    fig, axes = plt.subplots(1, 2 if extra else 1, figsize=(10 if extra else 6, 4),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, 2 if extra else 1, figsize=(10 if extra else 6, 4), squeeze=False)
     ax = axes[0, 0]
     ax.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax.plot(epochs, [h["val_loss"] for h in history], label="validation")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from training.errors import UserError
+
 from .adding import Adding
-from .base import Split, Task, TaskData, TrainDefaults
+from .base import Check, Reproduction, Setup, Split, Task, TaskData, TrainDefaults
 from .csv_series import CsvSeries
 from .embedded_reber import EmbeddedReber
 from .mackey_glass import MackeyGlass
@@ -12,8 +14,14 @@ from .trace_conditioning import TraceConditioning
 
 TASKS: dict[str, Task] = {
     t.name: t
-    for t in (MackeyGlass(), TraceConditioning(), EmbeddedReber(), Adding(),
-              MeasuringSpikeDelays(), CsvSeries())
+    for t in (
+        MackeyGlass(),
+        TraceConditioning(),
+        EmbeddedReber(),
+        Adding(),
+        MeasuringSpikeDelays(),
+        CsvSeries(),
+    )
 }
 
 
@@ -21,7 +29,17 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except KeyError:
-        raise KeyError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}") from None
+        raise UserError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}") from None
 
 
-__all__ = ["TASKS", "Split", "Task", "TaskData", "TrainDefaults", "get_task"]
+__all__ = [
+    "TASKS",
+    "Check",
+    "Reproduction",
+    "Setup",
+    "Split",
+    "Task",
+    "TaskData",
+    "TrainDefaults",
+    "get_task",
+]

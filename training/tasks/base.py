@@ -3,16 +3,20 @@
 A task turns a seed into `TaskData` (float32 arrays `[N, T, I]` inputs, `[N, T, K]` targets
 and a `[N, T]` mask of the steps that count in the loss and the metrics), and knows how to
 judge predictions on a split. `training/train.py` is task-agnostic: everything specific
-(loss, stateful streams, normalisation, criterion) is declared here.
+(loss, stateful streams, normalisation, criterion, the paper's set-up) is declared by the
+task, in its own module.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+
+from training.errors import UserError
 
 Loss = Literal["mse", "bce", "ce"]
 
@@ -31,8 +35,9 @@ class Split:
         self.mask = np.ascontiguousarray(self.mask, dtype=np.float32)
         n, t, _ = self.x.shape
         if self.y.shape[:2] != (n, t) or self.mask.shape != (n, t):
-            raise ValueError(f"inconsistent split shapes {self.x.shape} {self.y.shape} "
-                             f"{self.mask.shape}")
+            raise ValueError(
+                f"inconsistent split shapes {self.x.shape} {self.y.shape} {self.mask.shape}"
+            )
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -75,6 +80,35 @@ class TrainDefaults:
     pos_weight: float = 1.0
     # --quick: the smoke-test budget (tiny data, one or two epochs).
     quick_epochs: int = 2
+    # Wall-clock budget: stop after the epoch in which it runs out (None: no budget).
+    max_minutes: float | None = None
+
+    def check(self) -> TrainDefaults:
+        """Refuse values that cannot train (a UserError naming the option)."""
+        positive = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "clip": self.clip,
+            "patience": self.patience,
+            "chunk_len": self.chunk_len,
+            "pos_weight": self.pos_weight,
+        }
+        if self.max_minutes is not None:
+            positive["max_minutes"] = self.max_minutes
+        bad = [k for k, v in positive.items() if not v > 0]
+        if self.weight_decay < 0:
+            bad.append("weight_decay")
+        if bad:
+            flags = ", ".join("--" + k.replace("_", "-") for k in bad)
+            raise UserError(f"{flags}: must be positive (weight decay: not negative)")
+        if self.schedule not in ("plateau", "cosine", "none"):
+            raise UserError(f"--schedule {self.schedule}: choose plateau, cosine or none")
+        return self
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
 
 
 class Task:
@@ -93,9 +127,23 @@ class Task:
     # Online criterion on stateful streams: this many consecutive counted steps for which
     # `step_ok` holds (None: the task has no online criterion).
     online_run: ClassVar[int | None] = None
+    # Task-specific options: the destinations of the flags `add_arguments` adds.
+    options: ClassVar[tuple[str, ...]] = ()
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+    def add_arguments(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
         """Task-specific CLI options (only `csv` has some)."""
+
+    def default_name(self, options: dict[str, Any]) -> str:
+        """The model's name when `--name` is not given."""
+        return self.name
+
+    def describe(self, data: TaskData, final: dict[str, Any]) -> str:
+        """The card's description once trained (the csv task names its file and columns)."""
+        return self.description
+
+    def reproduction(self, quick: bool = False) -> Reproduction | None:
+        """The paper's set-up against ours for `python -m training reproduce` (None: none)."""
+        return None
 
     def generate(self, seed: int, quick: bool = False, **options: Any) -> TaskData:
         raise NotImplementedError
@@ -141,3 +189,73 @@ def first_run_end(ok: np.ndarray, length: int) -> int | None:
         if run >= length:
             return i + 1
     return None
+
+
+# ---------------------------------------------------------------- reproduction
+# The 1997 LSTM cell: no forget gate, no peepholes, g in [-2, 2], h in [-1, 1].
+LSTM1997 = {
+    "forget_gate": False,
+    "peepholes": False,
+    "g": "logistic4",
+    "h": "logistic2",
+    "output_activation": "logistic",
+}
+
+
+@dataclass
+class Setup:
+    """One way of training in `python -m training reproduce`: architecture and optimiser."""
+
+    name: str
+    arch: dict[str, Any]
+    optimizer: str  # "sgd" (plain, online) or "adam"
+    lr: float
+    batch: int
+    clip: float | None = None
+    plateau: bool = False  # halve lr when the fresh-data loss stalls (reproduce.PLATEAU_CHECKS)
+    cosine: int | None = None  # anneal lr to lr/1000 over this many units (cosine)
+    chunk: int = 100  # stateful tasks: truncated-BPTT chunk (steps)
+    pos_weight: float = 1.0
+    lr_source: str = ""  # where the learning rate comes from (paper / assumed)
+    # "sse": the papers' objective (losses.Objective); "mean": the task's loss averaged over
+    # the counted steps, as in training/train.py.
+    objective: str = "mean"
+    note: str = ""
+
+
+@dataclass
+class Check:
+    """The criterion on one fresh draw: ok, the headline metric, its loss."""
+
+    ok: bool
+    metric: float
+    loss: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Reproduction:
+    """A task as `reproduce` sees it: the paper's set-up and ours, the criterion on fresh data."""
+
+    name: str
+    loss: str  # mse | bce
+    unit: str  # what one training "sequence" is
+    paper: Setup
+    modern: Setup
+    figure: str  # the paper's figure
+    criterion: str
+    metric_name: str
+    eval_every: int  # training units between checks
+    max_units: int  # default budget in units (the time budget also applies)
+    # model, rng -> Check on a fresh draw
+    check: Callable[[Any, np.random.Generator], Check]
+    # rng, n -> n fresh training sequences (stateless tasks)
+    sample: Callable[[np.random.Generator, int], Split] | None = None
+    # rng, steps -> one fresh stream of that many steps (stateful tasks)
+    stream: Callable[[np.random.Generator, int], Split] | None = None
+    # the final score after training (default: `check` on another fresh draw)
+    final_check: Callable[[Any, np.random.Generator], Check] | None = None
+
+    @property
+    def stateful(self) -> bool:
+        return self.stream is not None
