@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.inference.card import ModelCard, Normalization, sha256_file, state_layout
-from tests.model.common import configs, random_model, random_state
+from tests.training.common import configs, random_model, random_state
 from training import export as export_mod
 from training.export import ExportMismatch, build_graphs, export_model
 from training.model import PeepholeConfig, PeepholeLSTM

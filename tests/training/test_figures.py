@@ -8,14 +8,33 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PNGS = ("training_curves", "mackey_glass_prediction", "mackey_glass_horizons",
-        "trace_conditioning", "embedded_reber", "adding_msd")
+PNGS = (
+    "training_curves",
+    "mackey_glass_prediction",
+    "mackey_glass_horizons",
+    "trace_conditioning",
+    "embedded_reber",
+    "adding_msd",
+)
 
 
 def test_figures_from_the_shipped_models(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "training", "figures", "--out", str(tmp_path),
-                          "--reproduce", str(tmp_path / "none.json")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "figures",
+            "--out",
+            str(tmp_path),
+            "--reproduce",
+            str(tmp_path / "none.json"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     for name in PNGS:
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name

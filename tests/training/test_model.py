@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.inference.card import Architecture
-from tests.model.common import arch_dict, configs, random_model, random_state, reference_weights
-from tests.model.reference import run_sequence
+from tests.training.common import arch_dict, configs, random_model, random_state, reference_weights
+from tests.training.reference import run_sequence
 from training.model import PeepholeConfig, PeepholeLSTM
 
 FAST = settings(max_examples=25, deadline=None)

@@ -12,16 +12,35 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_reproduce_quick_writes_the_table(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "training", "reproduce", "embedded-reber", "msd", "--quick",
-         "--max-sequences", "4", "--out", str(tmp_path), "--quiet"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "reproduce",
+            "embedded-reber",
+            "msd",
+            "--quick",
+            "--max-sequences",
+            "4",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads((tmp_path / "reproduce.json").read_text())
     assert data["command"].startswith("python -m training reproduce embedded-reber msd")
     rows = data["rows"]
     assert [(r["task"], r["setup"]) for r in rows] == [
-        ("embedded-reber", "paper"), ("embedded-reber", "modern"),
-        ("msd", "paper"), ("msd", "modern")]
+        ("embedded-reber", "paper"),
+        ("embedded-reber", "modern"),
+        ("msd", "paper"),
+        ("msd", "modern"),
+    ]
     paper = rows[0]
     assert paper["optimizer"] == "sgd" and paper["batch"] == 1  # online, as in 1997
     assert paper["architecture"]["forget_gate"] is False  # the 1997 cell
@@ -38,7 +57,20 @@ def test_reproduce_quick_writes_the_table(tmp_path):
 
 
 def test_reproduce_refuses_an_unknown_task(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "training", "reproduce", "no-such-task",
-                          "--quick", "--out", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "reproduce",
+            "no-such-task",
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0 and "unknown task" in out.stderr
