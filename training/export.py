@@ -1,4 +1,4 @@
-"""Export a trained `PeepholeLSTM` to the model repository (CONTRACT.md section 1).
+"""Export a trained `PeepholeLSTM` to the model repository (`models/<name>/<version>/`).
 
     version_dir = export_model(model, Path("models"), "mackey-glass", task="mackey-glass",
                                training={...}, input_names=["x"], output_names=["x_next"],

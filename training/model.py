@@ -1,4 +1,4 @@
-"""The peephole LSTM with lnsc memory blocks, in one readable file (see shared/MODEL.md).
+"""The peephole LSTM with lnsc memory blocks, in one readable file (equations: docs/TRAINING.md).
 
 One layer of `blocks` memory blocks, each with `cells_per_block` cells sharing an input,
 a forget and an output gate, followed by the output layer. Batch-first throughout.
@@ -45,7 +45,7 @@ State = dict[str, Tensor]
 
 @dataclass
 class PeepholeConfig:
-    """Every knob of MODEL.md; the same fields and defaults as `card.Architecture`."""
+    """Every knob of the network; the same fields and defaults as `card.Architecture`."""
 
     input_size: int
     output_size: int
@@ -82,7 +82,7 @@ class PeepholeConfig:
 
 
 def squash(name: str, x: Tensor) -> Tensor:
-    """The cell input/output squashing functions g and h of MODEL.md."""
+    """The cell input/output squashing functions g and h."""
     if name == "tanh":
         return torch.tanh(x)
     if name == "logistic2":  # 2*sigmoid(x) - 1, computed as tanh(x/2) (fewer ops, same value)
@@ -152,7 +152,7 @@ class PeepholeLSTM(nn.Module):
 
     # ----------------------------------------------------------------- state
     def initial_state(self, batch: int) -> State:
-        """All zeros (MODEL.md), on the module's device and dtype."""
+        """All zeros (as in the papers), on the module's device and dtype."""
         c = self.config
         kw = {"dtype": self.bias.dtype, "device": self.bias.device}
         state = {

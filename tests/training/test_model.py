@@ -60,9 +60,9 @@ def test_chunks_equal_whole_pass(config: PeepholeConfig, seed: int, cut: int) ->
         whole, whole_state = model(x, state)
         first, mid = model(x[:, :cut], state)
         second, end = model(x[:, cut:], mid)
-    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, atol=1e-6, rtol=1e-5)
     for name in whole_state:
-        torch.testing.assert_close(end[name], whole_state[name], atol=1e-6, rtol=0)
+        torch.testing.assert_close(end[name], whole_state[name], atol=1e-6, rtol=1e-5)
 
 
 @FAST
