@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import numpy as np
+import onnx
+import pytest
 import torch
 from hypothesis import strategies as st
 
@@ -88,3 +90,20 @@ def reference_weights(model: PeepholeLSTM) -> dict[str, np.ndarray]:
 
 def arch_dict(config: PeepholeConfig) -> dict:
     return asdict(config)
+
+
+def corrupt_lstm_graph(monkeypatch: pytest.MonkeyPatch, by: float = 1e-2) -> None:
+    """A lowering bug: the exporter's LSTM-operator graph gets one recurrent weight off by `by`."""
+    from training import export as export_mod
+
+    real = export_mod.lstm_graph
+
+    def corrupted(model, norm=None):
+        graph = real(model, norm)
+        init = next(i for i in graph.graph.initializer if i.name.startswith("R"))
+        arr = onnx.numpy_helper.to_array(init).copy()
+        arr.flat[0] += by
+        init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+        return graph
+
+    monkeypatch.setattr(export_mod, "lstm_graph", corrupted)

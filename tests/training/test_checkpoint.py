@@ -4,37 +4,21 @@ from __future__ import annotations
 
 import json
 
-import onnx
 import pytest
 import torch
 
 from app.inference.card import ModelCard
-from training import export as export_mod
+from tests.training.common import corrupt_lstm_graph
 from training.checkpoint import Checkpoint
 from training.cli import main
 from training.errors import UserError
 from training.export import next_version
 
 
-def _break_lstm_graph(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A lowering bug: one recurrent weight of the LSTM operator off by 0.1."""
-    real = export_mod.lstm_graph
-
-    def corrupted(model, norm=None):
-        graph = real(model, norm)
-        init = next(i for i in graph.graph.initializer if i.name.startswith("R"))
-        arr = onnx.numpy_helper.to_array(init).copy()
-        arr.flat[0] += 0.1
-        init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
-        return graph
-
-    monkeypatch.setattr(export_mod, "lstm_graph", corrupted)
-
-
 def test_refused_export_keeps_the_checkpoint_then_export_writes_it(tmp_path, monkeypatch,
                                                                    capsys):  # fmt: skip
     repo = tmp_path / "repo"
-    _break_lstm_graph(monkeypatch)
+    corrupt_lstm_graph(monkeypatch, by=0.1)
     rc = main(["train", "adding", "--quick", "--out", str(repo), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 1

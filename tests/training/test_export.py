@@ -14,8 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.inference.card import ModelCard, Normalization, sha256_file, state_layout
-from tests.training.common import configs, random_model, random_state
-from training import export as export_mod
+from tests.training.common import configs, corrupt_lstm_graph, random_model, random_state
 from training.export import ExportMismatch, build_graphs, export_model
 from training.model import PeepholeConfig, PeepholeLSTM
 from training.onnx_graphs import lstm_graph, scan_graph
@@ -96,6 +95,7 @@ def test_export_writes_a_valid_version(tmp_path: Path, knobs: dict) -> None:
     norm = Normalization(input_mean=[1.0, -2.0], input_std=[0.5, 3.0])
     if config.output_activation == "linear":
         norm.target_mean, norm.target_std = [10.0, -1.0], [2.0, 0.1]
+        norm.target_offset_input = [1, 0]  # outputs are changes from inputs b and a
     version_dir = export_model(
         model,
         tmp_path,
@@ -136,6 +136,8 @@ def _check_raw_units(version_dir: Path, model: PeepholeLSTM, norm: Normalization
     want = torch_outputs(model, (x_raw - norm.input_mean) / np.asarray(norm.input_std), state)
     if norm.target_mean is not None:
         want["y"] = want["y"] * np.asarray(norm.target_std) + np.asarray(norm.target_mean)
+    if norm.target_offset_input is not None:
+        want["y"] = want["y"] + x_raw[..., norm.target_offset_input]
     assert_outputs_match(got, want)
 
 
@@ -160,21 +162,6 @@ class _Drifting(PeepholeLSTM):
         return (out[0] + 1e-3, *out[1:])
 
 
-def _corrupt_graph(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Perturb one weight of the lean graph after it is built."""
-    real = export_mod.lstm_graph
-
-    def corrupted(model, norm=None):
-        graph = real(model, norm)
-        init = next(i for i in graph.graph.initializer if i.name.startswith("R"))
-        arr = onnx.numpy_helper.to_array(init).copy()
-        arr.flat[0] += 1e-2
-        init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
-        return graph
-
-    monkeypatch.setattr(export_mod, "lstm_graph", corrupted)
-
-
 @pytest.mark.parametrize("how", ["module", "graph"])
 def test_mismatch_refuses_to_write(tmp_path: Path, monkeypatch, how: str) -> None:
     config = PeepholeConfig(input_size=1, output_size=1, blocks=2)
@@ -183,7 +170,7 @@ def test_mismatch_refuses_to_write(tmp_path: Path, monkeypatch, how: str) -> Non
         model = _Drifting(config)
     else:
         model = random_model(config, 0)
-        _corrupt_graph(monkeypatch)
+        corrupt_lstm_graph(monkeypatch)
     with pytest.raises(ExportMismatch):
         export_model(
             model,
