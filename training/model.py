@@ -1,4 +1,4 @@
-"""The peephole LSTM with lnsc memory blocks, in one readable file (equations: docs/TRAINING.md).
+"""The peephole LSTM with lnsc memory blocks, in one readable file (equations: docs/MODEL.md).
 
 One layer of `blocks` memory blocks, each with `cells_per_block` cells sharing an input,
 a forget and an output gate, followed by the output layer. Batch-first throughout.
