@@ -33,6 +33,7 @@ import numpy as np
 from app.inference.engine import Engine
 from app.inference.repository import load_version
 from training.baselines import linear_ar
+from training.errors import UserError
 from training.tasks import adding, embedded_reber, mackey_glass, msd, trace_conditioning
 
 matplotlib.use("Agg")
@@ -399,9 +400,11 @@ def reproduce_curves_figure(paths: list[Path], out: Path) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Draw every figure; write the numbers to figures.json beside them."""
+    repo = Path(args.models)
+    if not repo.is_dir():
+        raise UserError(f"--models {repo}: not a model repository (no such directory)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    repo = Path(args.models)
     numbers: dict[str, Any] = {"seed": args.seed}
     shipped = [
         n

@@ -86,6 +86,10 @@ def _mistakes(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "bad name": (["train", "adding", "--name", "My Model"], "--name 'My Model'"),
         "bad checkpoint": (["export", str(csv)], "not a readable checkpoint"),
         "unknown reproduce task": (["reproduce", "no-such", "--quick"], "unknown task(s) no-such"),
+        "no model repository": (
+            ["figures", "--models", str(tmp / "none"), "--out", str(tmp)],
+            "not a model repository",
+        ),
     }
 
 

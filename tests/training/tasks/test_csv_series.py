@@ -112,3 +112,18 @@ def test_served_model_takes_raw_units_and_streams(tmp_path):
         state = {s.input: v for s, v in zip(card.state, final, strict=True)}
         parts.append(y)
     np.testing.assert_allclose(np.concatenate(parts, axis=1), whole[0], rtol=1e-5)
+
+
+def test_a_trend_is_extrapolated_by_the_change_model(tmp_path):
+    """US real GDP grows through the held-out end: a few epochs of the default (the change
+    from the last value) beat the naive forecast there; the same on levels cannot."""
+    path = real_series(tmp_path, "macrodata")
+    ratio = {}
+    for predict in ("change", "level"):
+        cfg = TrainConfig(task="csv", out=None, progress=False, overrides={"epochs": 3},
+                          task_options={"csv_path": str(path), "features": "realgdp",
+                                        "predict": predict})  # fmt: skip
+        final = train(cfg).metrics["final"]
+        ratio[predict] = final["test"]["mse_over_naive"][0]
+        assert final["solved"] == (ratio[predict] < 1.0)
+    assert ratio["change"] < 1.0 < 10 * ratio["change"] < ratio["level"], ratio
