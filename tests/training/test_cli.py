@@ -142,7 +142,7 @@ def test_show_config_prints_the_resolved_settings_without_training(tmp_path, cap
                  "--show-config"]) == 0  # fmt: skip
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["name"] == "sunspots" and cfg["task_options"]["missing"] == "error"
-    assert cfg["hyperparameters"]["max_minutes"] == 10.0
+    assert cfg["hyperparameters"]["max_minutes"] == 30.0
 
 
 def test_console_script_is_declared_and_runs(capsys):

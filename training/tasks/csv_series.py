@@ -75,7 +75,7 @@ class CsvSeries(Task):
         patience=40,
         schedule="plateau",
         quick_epochs=1,
-        max_minutes=10.0,
+        max_minutes=30.0,
     )
     options = (
         "csv_path",
