@@ -43,6 +43,7 @@ from app.inference.card import (
 from training.model import PeepholeLSTM
 from training.onnx_graphs import OPSET, lstm_graph, scan_graph
 from training.verify import CheckInputs, CheckRule, ExportMismatch, Report, verify
+from training.verify import error as _error  # noqa: F401  (training/lnsc/export.py uses it)
 
 GRAPH_FILES = {
     "model": "model.onnx",
