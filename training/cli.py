@@ -107,7 +107,10 @@ def build_parser() -> Parser:
     tasks = t.add_subparsers(dest="task", required=True, metavar="TASK", parser_class=Parser)
     for task in TASKS.values():
         _add_train(
-            tasks.add_parser(task.name, help=task.description, description=task.description), task
+            tasks.add_parser(
+                task.name, help=_literal(task.description), description=task.description
+            ),
+            task,
         )
     _add_export(sub)
     _add_reproduce(sub)
@@ -375,6 +378,11 @@ def _task_parsers() -> dict[str, argparse.ArgumentParser]:
         _add_train(p, task)
         parsers[task.name] = p
     return parsers
+
+
+def _literal(text: str) -> str:
+    """argparse %-formats help strings (not descriptions): a task's "%" must stay a percent."""
+    return text.replace("%", "%%")
 
 
 # ------------------------------------------------------------------ commands

@@ -127,6 +127,28 @@ def test_every_flag_has_help():
     assert seen > 200  # every task's train options, export, reproduce, figures
 
 
+def test_every_help_page_prints():
+    """argparse formats help strings with %: one literal percent in a task's description broke
+    `train --help`."""
+
+    def walk(parser: argparse.ArgumentParser, argv: list[str]):
+        yield argv
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, [*argv, name])
+
+    pages = 0
+    for argv in walk(build_parser(), []):
+        if argv[:2] == ["reproduce", "rivest2010"]:
+            continue  # its own parser, below
+        with pytest.raises(SystemExit) as done:
+            main([*argv, "--help"])
+        assert done.value.code == 0, argv
+        pages += 1
+    assert pages > len(TASKS)
+
+
 def test_show_config_prints_the_resolved_settings_without_training(tmp_path, capsys):
     assert main(["train", "msd", "--out", str(tmp_path / "r"), "--lr", "0.1", "--blocks", "3",
                  "--no-peepholes", "--show-config"]) == 0  # fmt: skip
