@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     # (SO_REUSEPORT) and the kernel spreads connections over them. Off in a lone process, so
     # that a port already taken is an error at start, as for HTTP.
     grpc_reuse_port: bool = False
+    # Model control (docs/API.md, "Model control"): none = the repository is read once at
+    # start; poll = re-scanned every model_poll_seconds; explicit = only the API loads and
+    # unloads. An unloaded version with live sessions drains for up to drain_seconds.
+    model_control: Literal["none", "poll", "explicit"] = "none"
+    model_poll_seconds: float = Field(default=5.0, gt=0)
+    drain_seconds: float = Field(default=300.0, ge=0)
 
     @field_validator("lmdb_path", mode="before")
     @classmethod
@@ -161,11 +167,20 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PEEPHOLE_REDIS_WAIT_TIMEOUT_SECONDS must be below PEEPHOLE_REDIS_TIMEOUT_SECONDS"
             )
+        if self.model_control == "explicit" and self.workers > 1:
+            # A load or unload reaches one worker process; its siblings would not follow.
+            raise ValueError(
+                "PEEPHOLE_MODEL_CONTROL=explicit needs one worker process per server "
+                "(PEEPHOLE_WORKERS=1; scale with replicas), or use poll"
+            )
         return self
 
     @property
     def worker_processes(self) -> int:
-        """PEEPHOLE_WORKERS, or one per two cores when 0."""
+        """PEEPHOLE_WORKERS, or one per two cores when 0; always one under explicit model
+        control (see `_consistent`)."""
+        if self.model_control == "explicit":
+            return 1
         return self.workers or max(1, self.cores // 2)
 
     @property

@@ -19,9 +19,12 @@ import numpy as np
 
 from app.config import Settings
 from app.errors import (
+    Gone,
     InvalidInput,
+    ModelUnavailable,
     OffsetConflict,
     PayloadTooLarge,
+    StateLayoutConflict,
     StoreConflict,
     StoreUnavailable,
 )
@@ -97,12 +100,36 @@ class DataPlane:
         self.runner = runner
         self.settings = settings
         self.metrics = metrics
+        # Model control (app/inference/control.py) sets these: how long a client should wait
+        # for a version this server lacks, and whom to tell (poll mode loads it on demand).
+        self.retry_after = 5
+        self.on_missing: Callable[[str, int], None] | None = None
 
     # -- models ------------------------------------------------------------------------
 
     def model(self, name: str, version: int | str | None = None) -> Engine:
-        """The engine of name/version (newest when None); ModelNotFound (404) otherwise."""
+        """The ready engine of name/version (newest when None), for new work; 404 otherwise
+        (a draining version takes no new sessions or predictions)."""
         return self.registry.get(name, version)
+
+    def pinned(self, s: Session) -> Engine:
+        """The engine session `s` is pinned to, ready or draining: never another version.
+
+        410 when that version was unloaded and its drain ended; 503 with Retry-After when this
+        server does not hold it (another replica may; poll mode loads it on demand).
+        """
+        try:
+            return self.registry.pinned(s.model, s.version, self.retry_after)
+        except ModelUnavailable:
+            if self.on_missing is not None:
+                self.on_missing(s.model, s.version)
+            raise
+        except Gone as e:
+            raise Gone(
+                f"session {s.session_id!r} is pinned to a version that is no longer served: "
+                f"{e.detail}; its state can still be exported, or the session migrated "
+                "(POST /v1/sessions/{id}/migrate) to a version with the same state layout"
+            ) from None
 
     def models(self) -> list[dict[str, Any]]:
         return [
@@ -281,7 +308,7 @@ class DataPlane:
         internals: bool,
     ) -> StepResult:
         async def apply(s: Session) -> StepResult:
-            engine = self.model(s.model, s.version)
+            engine = self.pinned(s)
             x = chunk(engine)
             digest = inputs_digest(x)
             self._check_internals(engine, internals)
@@ -321,13 +348,36 @@ class DataPlane:
         """Back to offset 0 and the initial state."""
 
         async def apply(s: Session) -> Session:
-            engine = self.model(s.model, s.version)
+            engine = self.pinned(s)
             s.state = {k: v[0] for k, v in engine.initial_state(1).items()}
             s.offset = 0
             s.forget_last_chunk()
             return s
 
         return await self._change(session_id, "reset", apply)
+
+    async def migrate_session(self, session_id: str, version: int) -> Session:
+        """Pin a session to another ready version of its model, state and offset kept.
+
+        Only between versions whose state tensors have the same names and shapes (else 409):
+        the state then means the same to the new weights' equations, so a rolling update can
+        carry a live stream over. Works on a session whose version is gone (410) too.
+        """
+
+        async def apply(s: Session) -> Session:
+            engine = self.model(s.model, version)
+            have = {k: tuple(v.shape) for k, v in s.state.items()}
+            want = {spec.name: tuple(spec.shape) for spec in engine.state_specs}
+            if have != want:
+                raise StateLayoutConflict(
+                    f"session {session_id!r} holds state {have}; model {s.model!r} version "
+                    f"{version} needs {want}: a session moves only between versions whose "
+                    "state layouts match"
+                )
+            s.version = engine.version
+            return s
+
+        return await self._change(session_id, "migrate", apply)
 
     async def delete_session(self, session_id: str) -> None:
         async with self._store_op("delete"):

@@ -77,6 +77,24 @@ class OffsetConflict(PeepholeError):
         )
 
 
+class StateLayoutConflict(PeepholeError):
+    """409: a session cannot move to a version whose state tensors differ from its own."""
+
+    status_code = 409
+    default_detail = "the state layouts differ"
+
+
+class Gone(PeepholeError):
+    """410: the session is pinned to a model version that was unloaded and whose drain ended.
+
+    Never a result from another version: the session's state is still there (export it, or
+    migrate the session to a version with the same state layout).
+    """
+
+    status_code = 410
+    default_detail = "the session's model version was unloaded"
+
+
 class PayloadTooLarge(PeepholeError):
     status_code = 413
     default_detail = "request too large"
@@ -100,6 +118,34 @@ class CapacityReached(PeepholeError):
 class NotReady(PeepholeError):
     status_code = 503
     default_detail = "not ready"
+
+
+class ModelUnavailable(NotReady):
+    """503 with Retry-After: this server does not hold the session's model version (yet).
+
+    A replica behind the same Redis that has not loaded the version (a rolling update) answers
+    this, never another version's result; in poll mode it loads the version on demand.
+    """
+
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(
+            detail or "the session's model version is not loaded here; retry",
+            headers={"Retry-After": str(max(1, int(retry_after)))},
+        )
+
+
+class ModelRefused(PeepholeError):
+    """422 (400 under /v2, as Triton answers a failed load): a version failed validation."""
+
+    status_code = 422
+    default_detail = "the model version failed validation"
+
+
+class ControlDisabled(PeepholeError):
+    """Load and unload requests outside PEEPHOLE_MODEL_CONTROL=explicit (409; /v2: 503)."""
+
+    status_code = 409
+    default_detail = "model load and unload need PEEPHOLE_MODEL_CONTROL=explicit"
 
 
 class StoreUnavailable(PeepholeError):

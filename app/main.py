@@ -25,6 +25,7 @@ from app.edge.limits import BodyLimitMiddleware
 from app.edge.metrics import MetricsMiddleware
 from app.errors import install_error_handlers
 from app.inference.batcher import BatchingRunner
+from app.inference.control import ModelControl
 from app.inference.engine import thread_plan
 from app.inference.registry import ModelRegistry
 from app.inference.repository import scan_repository
@@ -101,18 +102,30 @@ def create_app(
             inline_ms=settings.batch_inline_ms,
         )
         app.state.dataplane = dp = DataPlane(reg, st, runner, settings, metrics)
+        control = ModelControl(
+            reg, settings, store=st, metrics=metrics, forget=runner.forget, intra_op_threads=intra
+        )
+        dp.retry_after, dp.on_missing = control.retry_after, control.request
+        app.state.control = control
         grpc_server = None
         try:
+            await control.start()
             if settings.grpc_port:  # the same data plane over gRPC (app/api/grpc)
                 from app.api.grpc.server import GrpcServer
 
                 grpc_server = GrpcServer(settings, dp, metrics, app.version)
                 await grpc_server.start()
-            log.info("ready: %d inference threads x %d ONNX Runtime threads", workers, intra)
+            log.info(
+                "ready: %d inference threads x %d ONNX Runtime threads; model control %s",
+                workers,
+                intra,
+                settings.model_control,
+            )
             yield
         finally:
             if grpc_server is not None:
                 await grpc_server.stop(settings.graceful_shutdown_seconds)
+            await control.stop()
             await st.close()
             runner.close()
 

@@ -4,14 +4,16 @@
   (`/v1/sessions/{session_id}/steps`, never the raw path) and status;
 - the inference runner reports batch size and inference time per model version;
 - the data plane counts session store errors; live sessions are read at scrape time;
-- the gRPC servicer (app/api/grpc) counts its calls and stream messages by status code.
+- the gRPC servicer (app/api/grpc) counts its calls and stream messages by status code;
+- model control (app/inference/control.py) counts loads, refusals, unloads and drains;
+- the process collector gives `process_resident_memory_bytes` (what an unload frees).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -92,6 +94,32 @@ class Metrics:
             ["code"],
             registry=r,
         )
+
+        self.model_loads = Counter(
+            "peephole_model_loads_total",
+            "Model version loads by result: loaded, or refused (failed validation)",
+            ["model", "version", "result"],
+            registry=r,
+        )
+        self.model_unloads = Counter(
+            "peephole_model_unloads_total",
+            "Model versions unloaded (their drain begins), by cause: api, removed, changed",
+            ["model", "version", "cause"],
+            registry=r,
+        )
+        self.model_freed = Counter(
+            "peephole_model_freed_total",
+            "Unloaded versions freed, by how the drain ended: idle (no session left), deadline",
+            ["model", "version", "end"],
+            registry=r,
+        )
+        self.model_versions = Gauge(
+            "peephole_model_versions",
+            "Model versions held, by state: ready, draining",
+            ["state"],
+            registry=r,
+        )
+        ProcessCollector(registry=r)
 
     def observe_inference(self, engine: Any, batch: int, seconds: float) -> None:
         labels = {"model": engine.name, "version": str(engine.version)}

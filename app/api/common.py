@@ -9,11 +9,13 @@ from app.api.schemas import ErrorBody
 _WHY = {
     401: "Missing or wrong API key",
     404: "Unknown model, version or session (expired counts as unknown)",
-    409: "Offset conflict; `offset` is the session's current offset",
+    409: "Offset conflict (`offset` is the session's current offset), or state layouts differ",
+    410: "The session's model version was unloaded and its drain ended (export or migrate it)",
     413: "Body, batch or sequence too large",
     422: "Malformed input",
     429: "Session capacity reached (see Retry-After)",
-    503: "Not ready, or the session store is unreachable",
+    503: "Not ready, the session store is unreachable, or the session's model version is not "
+    "loaded on this server (yet; see Retry-After)",
 }
 
 

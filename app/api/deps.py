@@ -10,11 +10,16 @@ from starlette.requests import HTTPConnection
 from app.api.wire import decode_json
 from app.config import Settings
 from app.dataplane import DataPlane
+from app.inference.control import ModelControl
 from app.metrics import Metrics
 
 
 def get_dataplane(conn: HTTPConnection) -> DataPlane:
     return conn.app.state.dataplane  # type: ignore[no-any-return]
+
+
+def get_control(conn: HTTPConnection) -> ModelControl:
+    return conn.app.state.control  # type: ignore[no-any-return]
 
 
 def get_settings(conn: HTTPConnection) -> Settings:
@@ -31,6 +36,7 @@ async def json_body(request: Request) -> Any:
 
 
 DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
+ControlDep = Annotated[ModelControl, Depends(get_control)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 JsonBody = Annotated[Any, Depends(json_body)]

@@ -57,6 +57,7 @@ class _Queue:
     since: float = 0.0  # when the oldest waiting call arrived
     last_size: int = 0  # sequences in the last run: the batch that concurrency here gives
     timer: asyncio.TimerHandle | None = None
+    forgotten: bool = False  # the engine was unloaded: drop this queue once it is idle
     # Cost model learned from this engine's runs (<0: not measured yet): seconds per small run
     # (overhead-dominated) and seconds per sequence-step of larger runs.
     run_cost: float = -1.0
@@ -180,6 +181,22 @@ class BatchingRunner:
             loop.call_soon(self._flush, engine, q)
         return await future
 
+    def forget(self, engine: Engine) -> None:
+        """The engine was unloaded: drop its queue (and cost model) once the calls already
+        queued on it have run; they run on the engine they hold, never fail for this."""
+        q = self._queues.get(id(engine))
+        if q is None:
+            return
+        q.forgotten = True
+        self._drop_if_idle(engine, q)
+
+    def _drop_if_idle(self, engine: Engine, q: _Queue) -> None:
+        if q.forgotten and not q.calls and not q.inflight and not q.scheduled:
+            if q.timer is not None:
+                q.timer.cancel()
+            if self._queues.get(id(engine)) is q:
+                del self._queues[id(engine)]
+
     def close(self) -> None:
         for q in self._queues.values():
             if q.timer is not None:
@@ -206,6 +223,7 @@ class BatchingRunner:
                     return
             self._dispatch(engine, q)
             q.since = time.perf_counter()
+        self._drop_if_idle(engine, q)
 
     def _take(self, q: _Queue) -> list[_Call]:
         """The longest prefix of the queue within max_size sequences (at least one call)."""
@@ -253,6 +271,7 @@ class BatchingRunner:
         if q.calls and not q.scheduled:
             q.scheduled = True
             asyncio.get_running_loop().call_soon(self._flush, engine, q)
+        self._drop_if_idle(engine, q)
 
     def _timed(self, engine: Engine, x: np.ndarray, states: dict[str, np.ndarray] | None,
                lengths: np.ndarray | None, internals: bool,

@@ -86,6 +86,7 @@ class Engine:
         self.name = mv.name
         self.version = mv.version
         self.card: ModelCard = mv.card
+        self.identity = mv.identity  # which files (app/inference/repository.py ModelVersion)
         self.state_specs = list(mv.card.state)
         self.input_size = mv.card.input_size
         self.output_size = mv.card.output_size

@@ -3,12 +3,20 @@
 Finding is separate from holding (see registry.py). A version whose card is invalid, whose
 files are missing or whose sha256 does not match is refused with one log line saying why;
 the rest of the repository is still served (CONTRACT section 1).
+
+Model control (control.py) re-reads the repository while serving: `version_dirs` lists it
+and `fingerprint` says, from file sizes and modification times alone, whether a version's
+files changed since the last look (a version being copied in is validated only once its
+fingerprint holds still).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +38,8 @@ class ModelVersion:
     version: int
     path: Path
     card: ModelCard
+    # sha256 of model.json: the card holds the sha256 of every graph, so this names the files
+    identity: str = ""
 
     @property
     def graph(self) -> Path:
@@ -72,8 +82,9 @@ def load_version(path: Path, name: str, version: int) -> ModelVersion:
     card_path = path / "model.json"
     if not card_path.is_file():
         raise RefusedVersion("model.json is missing")
+    raw = card_path.read_bytes()
     try:
-        card = ModelCard.model_validate_json(card_path.read_bytes())
+        card = ModelCard.model_validate_json(raw)
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
@@ -91,7 +102,65 @@ def load_version(path: Path, name: str, version: int) -> ModelVersion:
     for what, g in (("internals graph", card.onnx.internals), ("cuda graph", card.onnx.cuda)):
         if g is not None:
             _check_file(path, g.file, g.sha256, what)
-    return ModelVersion(name=name, version=version, path=path, card=card)
+    identity = hashlib.sha256(raw).hexdigest()
+    return ModelVersion(name=name, version=version, path=path, card=card, identity=identity)
+
+
+def validate_version(path: Path, name: str, version: int) -> ModelVersion:
+    """`load_version`, with an unreadable directory refused like any other reason."""
+    try:
+        return load_version(path, name, version)
+    except OSError as e:
+        raise RefusedVersion(f"unreadable: {e}") from e
+
+
+def version_dirs(root: Path, only: str | None = None, quiet: bool = False) -> Iterator[
+        tuple[str, int, Path]]:  # fmt: skip
+    """(name, version, directory) of every well-named `<name>/<version>` under root (or of
+    model `only`), sorted; badly named entries are skipped with a warning unless `quiet`."""
+    models = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for model_dir in models:
+        if only is not None and model_dir.name != only:
+            continue
+        if not _NAME.match(model_dir.name):
+            if not quiet:
+                log.warning("ignoring %s: not a valid model name", model_dir)
+            continue
+        try:
+            entries = sorted(
+                p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+            )
+        except OSError as e:
+            log.warning("cannot list %s: %s", model_dir, e)
+            continue
+        for version_dir in entries:
+            if not _VERSION.match(version_dir.name):
+                if not quiet:
+                    log.warning("ignoring %s: version is not a positive integer", version_dir)
+                continue
+            yield model_dir.name, int(version_dir.name), version_dir
+
+
+Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    """(relative path, size, mtime in ns) of every file under a version directory, sorted.
+
+    Cheap (no file is read): the poller compares it between two looks to tell a version
+    that is still being written from one that holds still, and a changed one from the same.
+    """
+    out = []
+    for base, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for f in files:
+            full = os.path.join(base, f)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue  # vanished between the listing and the stat: it is changing
+            out.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(out))
 
 
 def scan_repository(root: Path) -> ScanResult:
@@ -100,25 +169,13 @@ def scan_repository(root: Path) -> ScanResult:
     if not root.is_dir():
         log.error("model repository %s is not a directory; serving no models", root)
         return result
-    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not _NAME.match(model_dir.name):
-            log.warning("ignoring %s: not a valid model name", model_dir)
+    for name, version, path in version_dirs(root):
+        key = f"{name}/{version}"
+        try:
+            mv = validate_version(path, name, version)
+        except RefusedVersion as e:
+            result.refused[key] = str(e)
+            log.error("refusing model %s: %s", key, e)
             continue
-        versions = (p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        for version_dir in sorted(versions):
-            key = f"{model_dir.name}/{version_dir.name}"
-            if not _VERSION.match(version_dir.name):
-                log.warning("ignoring %s: version is not a positive integer", version_dir)
-                continue
-            try:
-                mv = load_version(version_dir, model_dir.name, int(version_dir.name))
-            except RefusedVersion as e:
-                result.refused[key] = str(e)
-                log.error("refusing model %s: %s", key, e)
-                continue
-            except OSError as e:
-                result.refused[key] = f"unreadable: {e}"
-                log.error("refusing model %s: unreadable: %s", key, e)
-                continue
-            result.accepted.append(mv)
+        result.accepted.append(mv)
     return result

@@ -46,6 +46,16 @@ class MemorySessionStore:
         await self._sweeper.sweep_all()
         return len(self._sessions)
 
+    def count_pinned(self, model: str, version: int) -> int:
+        """Live sessions pinned to model/version: model control frees a draining version as
+        soon as none is left (a store that cannot tell has no such method: the deadline)."""
+        t = now()
+        return sum(
+            1
+            for s in self._sessions.values()
+            if s.version == version and s.model == model and not s.expired(t)
+        )
+
     # -- expiry --------------------------------------------------------------------------
 
     def _put(self, s: Session) -> None:

@@ -141,9 +141,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         our errors."""
         if type(request) is codec.Malformed:
             raise request.error()
-        engine = self.dp.model(request.model_name, request.model_version or None)
+        name, version = request.model_name, request.model_version or None
+        resolved = protocol.resolve(self.dp, name, version)
         req = codec.decode_request(request)
-        out = await protocol.infer(self.dp, engine, req)
+        engine, out = await protocol.run(self.dp, name, version, resolved, req)
         return codec.encode_response(response, engine.name, engine.version, req.id, out)
 
     async def answer(self, request: Any) -> Any:
@@ -165,7 +166,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.meter.message(_OK)
         return answer
 
-    def order_key(self, request: Any) -> tuple[str, int, int | str] | None:
+    def order_key(self, request: Any) -> tuple[str, str, int | str] | None:
         """Requests with the same key are answered in order: model version and sequence id."""
         if type(request) is codec.Malformed:
             return None
@@ -176,11 +177,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         seq = getattr(p, which)
         if not seq or type(seq) not in (int, str):
             return None
-        try:
-            engine = self.dp.model(request.model_name, request.model_version or None)
-        except PeepholeError:
-            return None
-        return engine.name, engine.version, seq
+        # by address, as protocol.sequence_key: a sequence on a draining version stays ordered
+        return request.model_name, request.model_version, seq
 
     def method(self, name: str) -> Callable[..., Any]:
         """The handler of RPC `name`: ours, or UNIMPLEMENTED with a reason."""

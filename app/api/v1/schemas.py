@@ -186,6 +186,16 @@ class StepResponse(BaseModel):
     internals: Internals | None = None
 
 
+class MigrateRequest(_Request):
+    """The version of the session's model to move to (its state layout must match)."""
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"examples": [{"version": 2}]}
+    )
+
+    version: StrictInt = Field(ge=1)
+
+
 class SessionState(BaseModel):
     session_id: str
     model: str

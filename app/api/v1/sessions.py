@@ -13,6 +13,7 @@ from app.api.common import errors
 from app.api.deps import DataPlaneDep, JsonBody
 from app.api.v1 import codec
 from app.api.v1.schemas import (
+    MigrateRequest,
     SessionCreate,
     SessionPublic,
     SessionState,
@@ -150,7 +151,7 @@ async def create_session(body: JsonBody, request: Request, dp: DataPlaneDep) -> 
 @router.post(
     "/{session_id}/steps",
     response_model=None,
-    responses={200: {"model": StepResponse}, **errors(404, 409, 413, 422, 503)},
+    responses={200: {"model": StepResponse}, **errors(404, 409, 410, 413, 422, 503)},
     openapi_extra=request_body(StepRequest),
 )
 async def steps(session_id: str, body: JsonBody, dp: DataPlaneDep) -> NumpyJSONResponse:
@@ -185,11 +186,26 @@ async def get_state(session_id: str, dp: DataPlaneDep) -> NumpyJSONResponse:
 @router.post(
     "/{session_id}/reset",
     response_model=None,
-    responses={200: {"model": SessionPublic}, **errors(404, 503)},
+    responses={200: {"model": SessionPublic}, **errors(404, 410, 503)},
 )
 async def reset(session_id: str, dp: DataPlaneDep) -> NumpyJSONResponse:
     """Back to offset 0 and the initial state."""
     return NumpyJSONResponse(session_body(await dp.reset_session(own(session_id))))
+
+
+@router.post(
+    "/{session_id}/migrate",
+    response_model=None,
+    responses={200: {"model": SessionPublic}, **errors(404, 409, 422, 503)},
+    openapi_extra=request_body(MigrateRequest),
+)
+async def migrate(session_id: str, body: JsonBody, dp: DataPlaneDep) -> NumpyJSONResponse:
+    """Pin the session to another ready version of its model, keeping its state and offset
+    (a rolling model update carries live streams over). 409 when the versions' state layouts
+    differ, 404 when the version is not served; a session whose version is gone (410) may
+    still move."""
+    req = MigrateRequest.model_validate(body)
+    return NumpyJSONResponse(session_body(await dp.migrate_session(own(session_id), req.version)))
 
 
 @router.delete("/{session_id}", status_code=204, responses=errors(404, 503))

@@ -9,7 +9,9 @@ mistake reads the same over REST and gRPC.
 
 Sequences (`sequence_id` uint64 or string, `sequence_start`, `sequence_end`, batch 1, as
 Triton's sequence batcher) keep their state in the SAME session store as /v1 sessions, under
-an id derived from model, version and sequence id (`sequence_key`): they count against
+an id derived from model, the version the request names (if any) and sequence id
+(`sequence_key`); a sequence stays on the version it started on, whatever the default
+becomes and while that version drains (app/inference/control.py). They count against
 PEEPHOLE_MAX_SESSIONS, expire after the TTL, are shared by replicas on the Redis store, and a
 sequence started over one transport continues over the other. The optional `offset` parameter
 gives a step /v1's retry guarantee (DataPlane.step): a retry of the last step is answered
@@ -28,13 +30,13 @@ from typing import Any
 import numpy as np
 
 from app.dataplane import MAX_OFFSET, DataPlane
-from app.errors import InvalidInput, SessionNotFound, StoreUnavailable
+from app.errors import InvalidInput, ModelNotFound, SessionNotFound, StoreUnavailable
 from app.inference.engine import Engine
 
 log = logging.getLogger("peephole.v2")
 
 SERVER_NAME = "peephole"
-EXTENSIONS = ["binary_tensor_data", "sequence"]
+EXTENSIONS = ["binary_tensor_data", "sequence", "model_repository"]
 PLATFORM = "onnxruntime_onnx"
 FP32 = "FP32"
 FP32_BYTES = 4
@@ -290,10 +292,12 @@ def requested_outputs(engine: Engine, req: InferRequest) -> list[RequestedOutput
 # -- inference --------------------------------------------------------------------------
 
 
-def sequence_key(engine: Engine, seq: int | str) -> str:
-    """The session store id of a sequence: model, version, id kind (u: uint64, s: string)."""
+def sequence_key(name: str, version: int | str | None, seq: int | str) -> str:
+    """The session store id of a sequence: model, the version the request names ('-' for
+    none: the sequence stays on the version it started on), id kind (u: uint64, s: string)."""
     kind_ = "u" if isinstance(seq, int) else "s"
-    return f"v2:{engine.name}:{engine.version}:{kind_}:{seq}"
+    v = "-" if version is None else str(int(version)) if str(version).isdigit() else version
+    return f"v2:{name}:{v}:{kind_}:{seq}"
 
 
 async def _end(dp: DataPlane, key: str) -> None:
@@ -307,46 +311,100 @@ async def _end(dp: DataPlane, key: str) -> None:
         log.warning("sequence %s not freed (expires with its TTL): %s", key, e.detail)
 
 
-async def _sequence(
-    dp: DataPlane,
-    engine: Engine,
-    req: InferRequest,
-    x: np.ndarray,
-    states: dict[str, np.ndarray] | None,
-) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
-    """One request of a sequence (batch 1): y [1, T, O], the state after it [1, *shape], and
-    the sequence's offset after it."""
-    seq = req.sequence_id
-    assert seq is not None
+def _sequence_input(req: InferRequest, x: np.ndarray, states: dict[str, np.ndarray] | None
+                    ) -> None:  # fmt: skip
     if x.shape[0] != 1:
         raise InvalidInput(f"a sequence request takes batch 1, got {x.shape[0]}")
     if states is not None and not req.sequence_start:
         raise InvalidInput("state inputs are accepted only on the start of a sequence")
     if req.sequence_start and req.offset:
         raise InvalidInput("parameters.offset of a sequence's start must be 0")
-    key = sequence_key(engine, seq)
-    if req.sequence_start and req.sequence_end:  # a whole sequence in one request
+
+
+async def _start(
+    dp: DataPlane,
+    engine: Engine,
+    key: str,
+    req: InferRequest,
+    x: np.ndarray,
+    states: dict[str, np.ndarray] | None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], int]:
+    """The first request of a sequence (batch 1): y [1, T, O], the state after it [1, *shape],
+    and the sequence's offset after it."""
+    if req.sequence_end:  # a whole sequence in one request
         await _end(dp, key)  # a live sequence with this id is over
         r = await dp.infer(engine, x, states)
         return r.y, r.states, x.shape[1]
-    if req.sequence_start:
-        init = None if states is None else {k: v[0] for k, v in states.items()}
-        await dp.create_session(engine.name, engine.version, state=init, session_id=key)
-    try:
-        step = await dp.step(key, x[0], req.offset)
-    except SessionNotFound:
-        raise InvalidInput(
-            f"sequence {seq!r} of model {engine.name}/{engine.version} is not active (unknown, "
-            "ended or expired): its first request must set parameters.sequence_start"
-        ) from None
-    if req.sequence_end:
-        await _end(dp, key)
+    init = None if states is None else {k: v[0] for k, v in states.items()}
+    await dp.create_session(engine.name, engine.version, state=init, session_id=key)
+    step = await dp.step(key, x[0], req.offset)
     state = {k: v[None] for k, v in step.session.state.items()}
     return step.outputs[None], state, step.session.offset
 
 
-async def infer(dp: DataPlane, engine: Engine, req: InferRequest) -> InferOutcome:
-    """Run a decoded request on `engine`: stateless, or one step of a sequence."""
+async def _continue(
+    dp: DataPlane, name: str, version: str | None, req: InferRequest,
+    unserved: ModelNotFound | None,
+) -> tuple[Engine, InferOutcome]:  # fmt: skip
+    """A later request of a sequence, on the version the sequence is pinned to (a draining
+    one included: a new default or an unload never moves a live sequence)."""
+    seq = req.sequence_id
+    assert seq is not None
+    key = sequence_key(name, version, seq)
+    seen: list[tuple[Engine, list[RequestedOutput]]] = []
+
+    def parse(engine: Engine) -> np.ndarray:
+        x, states = model_inputs(engine, req.inputs)
+        _sequence_input(req, x, states)
+        seen.append((engine, requested_outputs(engine, req)))
+        dp.check_limits(1, x.shape[1])
+        return x[0]
+
+    try:
+        step = await dp.step_parsed(key, parse, req.offset)
+    except SessionNotFound:
+        if unserved is not None:
+            raise unserved from None
+        raise InvalidInput(
+            f"sequence {seq!r} of model {name} is not active (unknown, ended or expired): its "
+            "first request must set parameters.sequence_start"
+        ) from None
+    if req.sequence_end:
+        await _end(dp, key)
+    engine, wanted = seen[-1]
+    y, states = step.outputs[None], {k: v[None] for k, v in step.session.state.items()}
+    tensors = [(o, y if o.name == "y" else states[o.name]) for o in wanted]
+    return engine, InferOutcome(tensors, {"offset": step.session.offset})
+
+
+def resolve(dp: DataPlane, name: str, version: str | None) -> Engine | ModelNotFound:
+    """The ready engine a request names, or why there is none (kept, not raised: a live
+    sequence may still step on its draining version). Call it before decoding the body, so
+    that an unknown model is reported first."""
+    try:
+        return dp.model(name, version)
+    except ModelNotFound as e:
+        return e
+
+
+async def run(dp: DataPlane, name: str, version: str | None, resolved: Engine | ModelNotFound,
+              req: InferRequest) -> tuple[Engine, InferOutcome]:  # fmt: skip
+    """Run a decoded request addressed to name (and version): a sequence's later requests on
+    the version it started on, anything else on `resolved` (from `resolve`)."""
+    unserved = resolved if isinstance(resolved, ModelNotFound) else None
+    if req.sequence_id is not None and not req.sequence_start:
+        return await _continue(dp, name, version, req, unserved)
+    if unserved is not None:
+        raise unserved
+    assert isinstance(resolved, Engine)
+    return resolved, await _infer(dp, resolved, req, None if version is None else resolved.version)
+
+
+async def _infer(
+    dp: DataPlane, engine: Engine, req: InferRequest, named: int | None
+) -> InferOutcome:
+    """Run a decoded request on `engine`: stateless, or the start of a sequence (`named`: the
+    version the request's address names, None for the default)."""
     x, states = model_inputs(engine, req.inputs)
     wanted = requested_outputs(engine, req)
     dp.check_limits(x.shape[0], x.shape[1])  # before a sequence takes a slot in the store
@@ -358,6 +416,8 @@ async def infer(dp: DataPlane, engine: Engine, req: InferRequest) -> InferOutcom
             raise InvalidInput("parameters.offset is for sequence requests (with sequence_id)")
         r = await dp.infer(engine, x, states)
         y, out_states = r.y, r.states
-    else:
-        y, out_states, params["offset"] = await _sequence(dp, engine, req, x, states)
+    else:  # a start (`run` sends later requests to their own version)
+        _sequence_input(req, x, states)
+        key = sequence_key(engine.name, named, req.sequence_id)
+        y, out_states, params["offset"] = await _start(dp, engine, key, req, x, states)
     return InferOutcome([(o, y if o.name == "y" else out_states[o.name]) for o in wanted], params)

@@ -30,9 +30,11 @@ _WHY = {
     400: "Bad request: malformed tensors, unknown input, non-finite numbers, unknown sequence",
     401: "Missing or wrong API key",
     404: "Unknown model or version",
+    410: "The sequence's model version was unloaded and its drain ended",
     413: "Body, batch or time steps over the limits",
     429: "Session capacity reached (see Retry-After)",
-    503: "Not ready, or the session store is unreachable",
+    503: "Not ready, the session store is unreachable, or the sequence's model version is not "
+    "loaded on this server yet (see Retry-After)",
 }
 
 
@@ -198,12 +200,12 @@ async def model_version_ready(name: str, version: str, dp: DataPlaneDep) -> Resp
 
 
 async def _infer(request: Request, dp: DataPlane, name: str, version: str | None) -> Response:
-    engine = dp.model(name, version)
+    resolved = protocol.resolve(dp, name, version)
     body = v2codec.decompress(
         await request.body(), request.headers.get("content-encoding"), dp.settings.max_body_bytes
     )
     req = v2codec.decode_request(body, request.headers.get(HEADER_LENGTH))
-    out = await protocol.infer(dp, engine, req)
+    engine, out = await protocol.run(dp, name, version, resolved, req)
     header: dict[str, Any] = {"model_name": engine.name, "model_version": str(engine.version)}
     if req.id:
         header["id"] = req.id
@@ -227,7 +229,7 @@ _INFER: dict[str, Any] = {
         200: {
             "description": "Outputs as JSON, or JSON + binary tensors (application/octet-stream)",
         },
-        **_errors(400, 404, 413, 429, 503),
+        **_errors(400, 404, 410, 413, 429, 503),
     },
 }
 
