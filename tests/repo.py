@@ -147,3 +147,19 @@ def new_session(client: httpx.Client, model: str = LNSC, **kw: Any) -> str:
     r = client.post("/v1/sessions", json={"model": model, **kw})
     assert r.status_code == 201, r.text
     return str(r.json()["session_id"])
+
+
+def repo_with(models: RepoModels, dst: Path, *versions: tuple[str, int]) -> Path:
+    """A fresh repository at dst with copies of these (name, version)s of the test repository
+    (model control tests change their repository while a server serves it)."""
+    for name, version in versions:
+        shutil.copytree(models.repo / name / str(version), dst / name / str(version))
+    return dst
+
+
+def predict(client: httpx.Client, name: str, x: Any, version: int | None = None, **kw: Any) -> dict:
+    """POST .../predict of a batch [B][T][I]; asserts 200."""
+    path = f"/v1/models/{name}" + (f"/versions/{version}" if version else "") + "/predict"
+    r = client.post(path, json={"inputs": x, **kw})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
