@@ -284,6 +284,13 @@ def copy_with_card(src: Path, dst: Path, **card_changes: Any) -> None:
     (dst / "model.json").write_text(json.dumps(card))
 
 
+def copy_with_wrong_sha(src: Path, dst: Path, version: int) -> None:
+    """A copy of a version directory as `version`, its card naming a graph sha256 that the
+    graph does not have (the server must refuse it)."""
+    onnx = json.loads((src / "model.json").read_text())["onnx"]
+    copy_with_card(src, dst, version=version, onnx={**onnx, "sha256": "0" * 64})
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000 if values else float("nan")
 
@@ -372,8 +379,7 @@ def run_reload(
             lambda: c.get(f"/v1/models/{name}").json().get("version") == 2,
             60,
         )
-        onnx = json.loads((v2 / "model.json").read_text())["onnx"]
-        copy_with_card(v2, repo / name / "3", version=3, onnx={**onnx, "sha256": "0" * 64})
+        copy_with_wrong_sha(v2, repo / name / "3", 3)
         wait_for(
             "version 3 refused", lambda: version_state(c, name, 3).get("state") == "refused", 60
         )

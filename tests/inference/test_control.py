@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.reload import copy_half_written, copy_with_card, wait_for
+from bench.reload import copy_half_written, copy_with_card, copy_with_wrong_sha, wait_for
 from tests.live import LiveServer, make_settings
 from tests.repo import PLAIN, RepoModels, predict, repo_with
 
@@ -77,8 +77,7 @@ def test_half_written_then_bad_then_fixed(
     assert sorted(seen) == seen  # the default moved once, forward
     # a version whose sha256 is wrong: refused with a log line and a metric, 2 keeps serving
     onnx = json.loads((repo / PLAIN / "2" / "model.json").read_text())["onnx"]
-    bad = {**onnx, "sha256": "0" * 64}
-    copy_with_card(repo / PLAIN / "2", repo / PLAIN / "3", version=3, onnx=bad)
+    copy_with_wrong_sha(repo / PLAIN / "2", repo / PLAIN / "3", 3)
     wait_for("version 3 refused", lambda: state(c, 3).get("state") == "refused", 30)
     assert "sha256" in state(c, 3)["reason"]
     assert any("refusing model plain/3" in r.getMessage() for r in caplog.records)
@@ -139,3 +138,11 @@ def test_changed_files(polled: tuple[LiveServer, httpx.Client], models: RepoMode
     deadline = time.monotonic() + 30
     while predict(c, PLAIN, x)["outputs"] != y1:  # predict asserts 200 every time
         assert time.monotonic() < deadline
+
+
+def test_explicit_mode_runs_one_worker(models: RepoModels) -> None:
+    """A load or unload reaches one process: explicit mode never starts several workers."""
+    assert make_settings(models.repo, model_control="explicit").worker_processes == 1
+    with pytest.raises(ValueError, match="one worker process"):
+        make_settings(models.repo, model_control="explicit", workers=2)
+    assert make_settings(models.repo, model_control="poll", workers=2).worker_processes == 2

@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.reload import copy_with_card, copy_with_wrong_sha
 from tests.live import LiveServer, make_settings
 from tests.repo import LNSC, PLAIN, RepoModels, predict, repo_with
 
@@ -87,11 +88,7 @@ def test_refused_load_keeps_serving(
 ) -> None:
     server, c = explicit
     repo = server.settings.model_repository
-    bad = repo / PLAIN / "4"
-    shutil.copytree(models.repo / PLAIN / "2", bad)
-    card = json.loads((bad / "model.json").read_text())
-    card.update(version=4, onnx={**card["onnx"], "sha256": "0" * 64})
-    (bad / "model.json").write_text(json.dumps(card))
+    copy_with_wrong_sha(models.repo / PLAIN / "2", repo / PLAIN / "4", 4)
     r = c.post(f"/v1/models/{PLAIN}/load", json={"version": 4})
     assert r.status_code == 422 and "version 4" in r.json()["detail"]
     assert "sha256" in r.json()["detail"]
@@ -159,11 +156,8 @@ def test_unload_drains_sessions_then_410(
 def test_migrate_errors(explicit: tuple[LiveServer, httpx.Client], models: RepoModels) -> None:
     server, c = explicit
     repo = server.settings.model_repository
-    other = repo / PLAIN / "9"  # the lnsc network under plain's name: another state layout
-    shutil.copytree(models.repo / LNSC / "1", other)
-    card = json.loads((other / "model.json").read_text())
-    card.update(name=PLAIN, version=9)
-    (other / "model.json").write_text(json.dumps(card))
+    # the lnsc network under plain's name: another state layout
+    copy_with_card(models.repo / LNSC / "1", repo / PLAIN / "9", name=PLAIN, version=9)
     assert c.post(f"/v1/models/{PLAIN}/load", json={"version": 9}).status_code == 200
     sid = c.post("/v1/sessions", json={"model": PLAIN, "version": 1}).json()["session_id"]
     r = c.post(f"/v1/sessions/{sid}/migrate", json={"version": 9})

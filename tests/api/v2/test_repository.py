@@ -15,6 +15,7 @@ import pytest
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
+from bench.reload import copy_with_wrong_sha
 from tests.live import LiveServer, make_settings
 from tests.repo import PLAIN, RepoModels, predict, repo_with
 
@@ -63,11 +64,7 @@ def test_tritonclient_index_load_unload(live: LiveServer, models: RepoModels) ->
 def test_triton_errors(live: LiveServer, models: RepoModels) -> None:
     t = triton(live)
     repo = live.settings.model_repository
-    bad = repo / PLAIN / "3"
-    shutil.copytree(models.repo / PLAIN / "1", bad)
-    card = json.loads((bad / "model.json").read_text())
-    card.update(version=3, onnx={**card["onnx"], "sha256": "0" * 64})
-    (bad / "model.json").write_text(json.dumps(card))
+    copy_with_wrong_sha(models.repo / PLAIN / "1", repo / PLAIN / "3", 3)
     with pytest.raises(InferenceServerException) as e:
         t.load_model(PLAIN)
     assert e.value.status() == "400" and "version 3" in e.value.message()
