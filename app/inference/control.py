@@ -193,8 +193,10 @@ class ModelControl:
     # -- the API -----------------------------------------------------------------------------
 
     async def index(self, ready: bool = False, name: str | None = None) -> list[VersionStatus]:
-        """Every version in the repository or held here, with its state (Triton's index)."""
-        listing = await self._run(self._look, name) or {}
+        """Every version in the repository or held here, with its state (Triton's index).
+
+        Read in a thread of its own, not the loader's: an index never waits for a load."""
+        listing = await asyncio.to_thread(self._look, name) or {}
         return self._statuses(listing, name, ready)
 
     async def load(self, name: str, version: int | None = None) -> list[VersionStatus]:
