@@ -34,7 +34,6 @@ import contextlib
 import ctypes
 import gc
 import logging
-import math
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -363,7 +362,6 @@ class ModelControl:
             why = "" if replaced else self._waiting_for_sessions(key, mv)
             if why:
                 return self._refuse(key, why, quiet=w.waiting == mv.identity, waiting=mv)
-            self._check_fits(mv)
             engine = await self._run(self._build, mv)
         except (RefusedVersion, EngineError) as e:
             return self._refuse(key, str(e))
@@ -417,16 +415,6 @@ class ModelControl:
             "files are still live (they answer 410); publish the change as a new version, or "
             "migrate or delete those sessions"
         )
-
-    def _check_fits(self, mv: ModelVersion) -> None:
-        """A session table sized at start (app/sessions/shared.py) must hold the state."""
-        capacity = getattr(self.store, "state_floats", None)
-        need = sum(math.prod(s.shape) for s in mv.card.state)
-        if isinstance(capacity, int) and need > capacity:
-            raise RefusedVersion(
-                f"its state ({need} floats per session) does not fit the session table "
-                f"({capacity}); restart the server to size the table for it"
-            )
 
     def _refuse(self, key: Key, why: str, quiet: bool = False,
                 waiting: ModelVersion | None = None) -> str:  # fmt: skip

@@ -145,4 +145,5 @@ def test_explicit_mode_runs_one_worker(models: RepoModels) -> None:
     assert make_settings(models.repo, model_control="explicit").worker_processes == 1
     with pytest.raises(ValueError, match="one worker process"):
         make_settings(models.repo, model_control="explicit", workers=2)
-    assert make_settings(models.repo, model_control="poll", workers=2).worker_processes == 2
+    poll = make_settings(models.repo, model_control="poll", workers=2, session_store="lmdb")
+    assert poll.worker_processes == 2
