@@ -75,6 +75,7 @@ class Server:
             "PEEPHOLE_PORT": str(self.port),
             "PEEPHOLE_PROVIDER": "cpu",
             "PEEPHOLE_WORKERS": "1",
+            "PEEPHOLE_GRPC_PORT": "0",  # HTTP only: the default gRPC port may be taken
             "PEEPHOLE_LOG_LEVEL": "warning",
             **env,
         }
