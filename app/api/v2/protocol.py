@@ -344,7 +344,7 @@ async def _start(
 
 async def _continue(
     dp: DataPlane, name: str, version: str | None, req: InferRequest,
-    unserved: ModelNotFound | None,
+    resolved: Engine | ModelNotFound,
 ) -> tuple[Engine, InferOutcome]:  # fmt: skip
     """A later request of a sequence, on the version the sequence is pinned to (a draining
     one included: a new default or an unload never moves a live sequence)."""
@@ -363,8 +363,9 @@ async def _continue(
     try:
         step = await dp.step_parsed(key, parse, req.offset)
     except SessionNotFound:
-        if unserved is not None:
-            raise unserved from None
+        if isinstance(resolved, ModelNotFound):
+            raise resolved from None
+        parse(resolved)  # malformed inputs are named first, as for any other request
         raise InvalidInput(
             f"sequence {seq!r} of model {name} is not active (unknown, ended or expired): its "
             "first request must set parameters.sequence_start"
@@ -391,12 +392,10 @@ async def run(dp: DataPlane, name: str, version: str | None, resolved: Engine | 
               req: InferRequest) -> tuple[Engine, InferOutcome]:  # fmt: skip
     """Run a decoded request addressed to name (and version): a sequence's later requests on
     the version it started on, anything else on `resolved` (from `resolve`)."""
-    unserved = resolved if isinstance(resolved, ModelNotFound) else None
     if req.sequence_id is not None and not req.sequence_start:
-        return await _continue(dp, name, version, req, unserved)
-    if unserved is not None:
-        raise unserved
-    assert isinstance(resolved, Engine)
+        return await _continue(dp, name, version, req, resolved)
+    if isinstance(resolved, ModelNotFound):
+        raise resolved
     return resolved, await _infer(dp, resolved, req, None if version is None else resolved.version)
 
 
