@@ -74,13 +74,15 @@ def parser(cls: Any) -> Callable[[bytes], Any]:
 
 
 def value(p: Any) -> Any:
-    """One `InferParameter` as a plain value (which oneof field is set decides the type)."""
+    """One `InferParameter` (or `ModelRepositoryParameter`) as a plain value (which oneof
+    field is set decides the type)."""
     which = p.WhichOneof(_ONEOF)
     return None if which is None else getattr(p, which)
 
 
 def parameters(m: Any, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """An `InferParameter` map as plain values: every entry, or only `keys` (faster)."""
+    """An `InferParameter` (or `ModelRepositoryParameter`) map as plain values: every entry,
+    or only `keys` (faster)."""
     if not m:
         return {}
     if keys is None:

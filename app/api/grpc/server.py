@@ -2,11 +2,12 @@
 
 Started and stopped by the app's lifespan (app/main.py), so that whatever runs the app --
 `python -m app`, its worker processes, uvicorn in a test -- serves gRPC on the same data plane,
-registry, batcher and session store as HTTP. It serves `inference.GRPCInferenceService`,
-`grpc.health.v1.Health` and server reflection on PEEPHOLE_GRPC_HOST (default PEEPHOLE_HOST)
-: PEEPHOLE_GRPC_PORT. A message may be as large as PEEPHOLE_MAX_BODY_BYTES (past it gRPC
-itself answers RESOURCE_EXHAUSTED). With several worker processes each binds the port with
-SO_REUSEPORT and the kernel spreads the connections (sessions live in a shared store then).
+registry, batcher, session store and model control as HTTP. It serves
+`inference.GRPCInferenceService`, `grpc.health.v1.Health` and server reflection on
+PEEPHOLE_GRPC_HOST (default PEEPHOLE_HOST) : PEEPHOLE_GRPC_PORT. A message may be as large
+as PEEPHOLE_MAX_BODY_BYTES (past it gRPC itself answers RESOURCE_EXHAUSTED). With several
+worker processes each binds the port with SO_REUSEPORT and the kernel spreads the
+connections (sessions live in a shared store then).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from app.api.grpc.health import ReadinessHealth
 from app.api.grpc.servicer import SERVICE, InferenceServicer
 from app.config import Settings
 from app.dataplane import DataPlane
+from app.inference.control import ModelControl
 from app.metrics import Metrics
 
 log = logging.getLogger("peephole.grpc")
@@ -68,8 +70,8 @@ def address(host: str, port: int) -> str:
 class GrpcServer:
     """inference.GRPCInferenceService + health + reflection on one port."""
 
-    def __init__(self, settings: Settings, dp: DataPlane, metrics: Metrics | None,
-                 version: str) -> None:  # fmt: skip
+    def __init__(self, settings: Settings, dp: DataPlane, control: ModelControl,
+                 metrics: Metrics | None, version: str) -> None:  # fmt: skip
         self.settings = settings
         self.server = grpc.aio.server(
             options=[
@@ -78,7 +80,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1 if settings.grpc_reuse_port else 0),
             ]
         )
-        self.servicer = InferenceServicer(dp, settings.api_keys, metrics, version)
+        self.servicer = InferenceServicer(dp, control, settings.api_keys, metrics, version)
         handlers = method_handlers(self.servicer)
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)

@@ -5,8 +5,8 @@ except for ServerLive and ServerReady, the health checks), then the handler, the
 mapping of any failure to a status code and the REST endpoint's message (status.py), and the
 call counted by method and code. Inference decodes the protobuf request (codec.py) and hands
 it to app/api/v2/protocol.py, as the REST endpoint does, so both run the same checks,
-limits and sequence rules on the same data plane. The repository RPCs answer UNIMPLEMENTED:
-models are loaded from PEEPHOLE_MODEL_REPOSITORY at start.
+limits and sequence rules on the same data plane. The repository RPCs go through
+app/api/v2/model_repository.py to model control, as the REST repository routes do.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 
@@ -25,10 +25,11 @@ from app.api.grpc._proto import grpc_service_pb2 as pb
 from app.api.grpc._proto import grpc_service_pb2_grpc as pb_grpc
 from app.api.grpc._proto import model_config_pb2 as mc
 from app.api.grpc.stream import answer_stream
-from app.api.v2 import protocol
+from app.api.v2 import model_repository, protocol
 from app.dataplane import DataPlane
 from app.edge.auth import key_matches, parse_bearer
 from app.errors import ModelNotFound, PeepholeError, Unauthorized, as_peephole, status_error
+from app.inference.control import ModelControl
 from app.metrics import Metrics
 
 log = logging.getLogger("peephole.grpc")
@@ -106,9 +107,10 @@ def _unary(method: str, *, open_: bool = False) -> Callable[[Handler], Handler]:
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The RPCs of KServe v2 and Triton on one data plane."""
 
-    def __init__(self, dp: DataPlane, keys: list[str], metrics: Metrics | None,
-                 version: str) -> None:  # fmt: skip
+    def __init__(self, dp: DataPlane, control: ModelControl, keys: list[str],
+                 metrics: Metrics | None, version: str) -> None:  # fmt: skip
         self.dp = dp
+        self.control = control
         self.keys = list(keys)
         self.meter = Meter(metrics)
         self.version = version
@@ -289,20 +291,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     @_unary("RepositoryIndex")
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        raise _no_model_control()
+        """Every version in the repository or held, with Triton's states (`ready`: only the
+        versions ready to serve)."""
+        model_repository.check_repository_name(request.repository_name)
+        entries = await model_repository.index(self.control, request.ready)
+        model_index = pb.RepositoryIndexResponse.ModelIndex
+        return pb.RepositoryIndexResponse(models=[model_index(**e) for e in entries])
 
     @_unary("RepositoryModelLoad")
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        raise _no_model_control()
+        """Validate, warm up and serve every version of the model in the repository (or the
+        `version` parameter's); PEEPHOLE_MODEL_CONTROL=explicit only."""
+        await self._change("load", request)
+        return pb.RepositoryModelLoadResponse()
 
     @_unary("RepositoryModelUnload")
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        raise _no_model_control()
+        """Unload the model (or the `version` parameter's): its sequences drain on it."""
+        await self._change("unload", request)
+        return pb.RepositoryModelUnloadResponse()
 
-
-def _no_model_control() -> PeepholeError:
-    return status_error(
-        501,
-        "model control is not available: the models of PEEPHOLE_MODEL_REPOSITORY are loaded "
-        "when the server starts",
-    )
+    async def _change(self, action: Literal["load", "unload"], request: Any) -> None:
+        model_repository.check_repository_name(request.repository_name)
+        params = codec.parameters(request.parameters)
+        await model_repository.change(self.control, action, request.model_name, params)

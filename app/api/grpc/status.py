@@ -3,7 +3,9 @@
 One table from the HTTP status every `PeepholeError` carries to the gRPC code a client of
 Triton expects: malformed input INVALID_ARGUMENT, unknown model NOT_FOUND, limits and
 capacity RESOURCE_EXHAUSTED, not ready or store unreachable UNAVAILABLE, a wrong key
-UNAUTHENTICATED, an offset conflict ABORTED (a failed test-and-set, in gRPC's words).
+UNAUTHENTICATED, an offset conflict ABORTED (a failed test-and-set, in gRPC's words), a
+sequence whose model version was unloaded and drained FAILED_PRECONDITION (retrying cannot
+help; the state is still there to migrate).
 What REST sends in headers or extra body fields (Retry-After, the current offset) goes in
 the trailing metadata of a unary call.
 """
@@ -20,6 +22,7 @@ CODES: dict[int, grpc.StatusCode] = {
     404: grpc.StatusCode.NOT_FOUND,
     405: grpc.StatusCode.UNIMPLEMENTED,
     409: grpc.StatusCode.ABORTED,
+    410: grpc.StatusCode.FAILED_PRECONDITION,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     422: grpc.StatusCode.INVALID_ARGUMENT,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -1,12 +1,11 @@
-"""The KServe v2 / Triton model repository extension: index, load, unload.
+"""The KServe v2 / Triton model repository extension over REST: index, load, unload.
 
 Bodies and errors as Triton's HTTP endpoint has them (`tritonclient.http` works unchanged:
 `get_model_repository_index`, `load_model`, `unload_model`): the index is a JSON list of
-`{"name", "version", "state", "reason"}` with Triton's states (READY, LOADING, UNLOADING
-for a version whose sessions drain, UNAVAILABLE); load and unload answer 200 with an empty
-body, or `{"error"}` with 400 (a version failed validation, an unsupported parameter), 404
-(no such model) or 503 (not PEEPHOLE_MODEL_CONTROL=explicit, as Triton answers outside its
-explicit mode). A Peephole extension: `parameters.version` loads or unloads one version.
+`{"name", "version", "state", "reason"}`; load and unload answer 200 with an empty body, or
+`{"error"}` with 400 (a version failed validation, an unsupported parameter), 404 (no such
+model) or 503 (not PEEPHOLE_MODEL_CONTROL=explicit). The meaning, shared with gRPC, is
+app/api/v2/model_repository.py's; this module only speaks JSON.
 """
 
 from __future__ import annotations
@@ -17,10 +16,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.api.deps import ControlDep
+from app.api.v2 import model_repository
 from app.api.v2.router import _errors, _json
 from app.api.wire import decode_json
-from app.errors import ControlDisabled, InvalidInput, NotReady
-from app.inference.control import TRITON_STATE, ModelControl
+from app.errors import InvalidInput
+from app.inference.control import TRITON_STATE
 
 router = APIRouter(prefix="/v2/repository", tags=["v2 (KServe / Triton)"])
 
@@ -80,38 +80,13 @@ async def _object(request: Request) -> dict[str, Any]:
     return body
 
 
-def _version(params: Any) -> int | None:
-    """`parameters.version`, checking the parameters Triton defines that do not apply."""
+def _params(body: dict[str, Any]) -> dict[str, Any]:
+    params = body.get("parameters")
     if params is None:
-        return None
+        return {}
     if not isinstance(params, dict):
         raise InvalidInput("parameters must be a JSON object")
-    for key in params:
-        if key == "config" or key.startswith("file:"):
-            raise InvalidInput(
-                f"parameter {key!r} is not supported: a Peephole model version is its "
-                "directory in the repository (model.json + model.onnx)"
-            )
-    v = params.get("version")
-    if v is None:
-        return None
-    text = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
-    if not isinstance(text, str) or not text.isdigit() or not text.isascii() or int(text) < 1:
-        raise InvalidInput(f"parameters.version must be a positive integer, got {v!r}")
-    return int(text)
-
-
-async def _control(control: ModelControl, action: str, name: str, request: Request) -> Response:
-    body = await _object(request)
-    version = _version(body.get("parameters"))
-    try:
-        if action == "load":
-            await control.load(name, version)
-        else:
-            await control.unload(name, version)
-    except ControlDisabled as e:
-        raise NotReady(e.detail) from None  # Triton: UNAVAILABLE outside explicit mode
-    return Response(status_code=200)
+    return params
 
 
 @router.post(
@@ -132,12 +107,7 @@ async def index(request: Request, control: ControlDep) -> Response:
     ready = body.get("ready", False)
     if not isinstance(ready, bool):
         raise InvalidInput("ready must be true or false")
-    entries = [
-        {"name": s.name, "version": str(s.version), "state": TRITON_STATE[s.state],
-         "reason": s.reason}
-        for s in await control.index(ready=ready)
-    ]  # fmt: skip
-    return _json(entries)  # type: ignore[arg-type]
+    return _json(await model_repository.index(control, ready))  # type: ignore[arg-type]
 
 
 _ACTION: dict[str, Any] = {
@@ -153,11 +123,13 @@ async def load(name: str, request: Request, control: ControlDep) -> Response:
     """Load every version of the model in the repository (or `parameters.version`): each is
     validated (card, sha256, warm-up run) before it serves. Loading a draining version with
     the same files makes it serve again."""
-    return await _control(control, "load", name, request)
+    await model_repository.change(control, "load", name, _params(await _object(request)))
+    return Response(status_code=200)
 
 
 @router.post("/models/{name}/unload", **_ACTION)
 async def unload(name: str, request: Request, control: ControlDep) -> Response:
     """Unload the model (or `parameters.version`). Sequences on it keep their version and
     drain until they end or PEEPHOLE_DRAIN_SECONDS pass."""
-    return await _control(control, "unload", name, request)
+    await model_repository.change(control, "unload", name, _params(await _object(request)))
+    return Response(status_code=200)
