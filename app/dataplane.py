@@ -295,8 +295,8 @@ class DataPlane:
 
         A protocol whose body does not say the input size (/v1 JSON) checks the chunk once the
         session's model is known, inside the one store access, instead of reading the session
-        twice. Errors come in the same order: unknown session (404), unserved version (404),
-        malformed chunk (parse's own 422/413), missing internals, offset.
+        twice. Errors come in the same order: unknown session (404), version gone (410) or not
+        held here (503), malformed chunk (parse's own 422/413), missing internals, offset.
         """
         return await self._step(session_id, parse, offset, internals)
 

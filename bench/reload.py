@@ -22,7 +22,7 @@ model, with them loaded, and after unloading them (an unloaded version's ONNX Ru
 sessions are freed).
 
 Figures on a shared machine are noise; the ratio of p99s measured in one run is the figure
-to read. tests/api/test_reload.py runs both scenarios small and checks correctness only.
+to read. tests/inference/test_reload.py runs both scenarios small and checks correctness only.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 def own(session_id: str) -> str:
     """`session_id` if it is a /v1 session id, else 404.
 
-    KServe v2 sequences live in the same store (under `v2:<model>:<version>:...`, ids their
+    KServe v2 sequences live in the same store (under `v2:<model>:<version or ->:...`, ids their
     clients choose); they belong to their protocol and are never addressable through /v1.
     """
     if _SESSION_ID.fullmatch(session_id) is None:
