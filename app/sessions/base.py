@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +41,16 @@ def new_session_id() -> str:
     return uuid.uuid4().hex
 
 
+def batch_state(state: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """A session's state as a batch of one (`[1, *shape]` per tensor) for the runner. A state
+    kept in a table row hands over the row, which the batcher gathers with the rest of the
+    batch (app/sessions/table.py, app/inference/batcher.py)."""
+    if type(state) is dict:
+        return {k: v[None] for k, v in state.items()}
+    batch = getattr(state, "batch", None)
+    return batch() if batch is not None else {k: v[None] for k, v in state.items()}
+
+
 def inputs_digest(x: np.ndarray) -> str:
     """Identity of a chunk's inputs, to recognise a retry (shape and exact float32 bytes)."""
     x = np.ascontiguousarray(x, np.float32)
@@ -51,13 +61,14 @@ def inputs_digest(x: np.ndarray) -> str:
 
 @dataclass
 class Session:
-    """One streaming session, pinned to a model version. `state` has no batch dimension."""
+    """One streaming session, pinned to a model version. `state` has no batch dimension (a
+    dict, or in the memory store's `locked()` the session's row, read on demand)."""
 
     session_id: str
     model: str
     version: int
     ttl_seconds: int
-    state: dict[str, np.ndarray]
+    state: Mapping[str, np.ndarray]
     offset: int = 0
     created_at: float = field(default_factory=now)
     expires_at: float = 0.0
@@ -139,32 +150,41 @@ class KeyedLocks:
     """One asyncio lock per key, dropped when nobody holds or waits for it.
 
     `acquire`/`release` rather than a context manager: they sit inside a store's `locked()`,
-    on every step, where one generator layer less is a measurable microsecond."""
+    on every step, where one generator layer less is a measurable microsecond. For the same
+    reason a key nobody contends has no asyncio.Lock at all: the lock is made when a second
+    caller comes, taken at once on the holder's behalf, and then waited for."""
 
     def __init__(self) -> None:
-        self._locks: dict[str, list[Any]] = {}  # key -> [lock, holders and waiters]
+        self._locks: dict[Hashable, list[Any]] = {}  # key -> [lock or None, holders and waiters]
 
-    def __contains__(self, key: str) -> bool:
+    def __contains__(self, key: Hashable) -> bool:
         """Whether someone holds or waits for `key`."""
         return key in self._locks
 
-    async def acquire(self, key: str) -> None:
+    async def acquire(self, key: Hashable) -> bool:
+        """Take the key's lock; True when it had to wait (others may have run meanwhile)."""
         entry = self._locks.get(key)
         if entry is None:
-            entry = self._locks[key] = [asyncio.Lock(), 0]
+            self._locks[key] = [None, 1]
+            return False
         entry[1] += 1
+        if entry[0] is None:
+            entry[0] = asyncio.Lock()
+            await entry[0].acquire()  # free: taken at once, for the holder
         try:
             await entry[0].acquire()
         except BaseException:  # cancelled while waiting
             self._leave(key, entry)
             raise
+        return True
 
-    def release(self, key: str) -> None:
+    def release(self, key: Hashable) -> None:
         entry = self._locks[key]
-        entry[0].release()
+        if entry[0] is not None:
+            entry[0].release()
         self._leave(key, entry)
 
-    def _leave(self, key: str, entry: list[Any]) -> None:
+    def _leave(self, key: Hashable, entry: list[Any]) -> None:
         entry[1] -= 1
         if not entry[1]:
             del self._locks[key]

@@ -1,36 +1,68 @@
-"""The in-process session store: a dict, one asyncio lock per session, an expiry heap.
+"""The in-process session store: columnar tables, an id index, one asyncio lock per session.
 
 Only for a single process (one worker): PEEPHOLE_SESSION_STORE=lmdb shares sessions between
 the workers of one host, redis between replicas.
 
-Expiry and capacity never look at every session: a heap of (expires_at, id) entries, one
-pushed per touch, gives the soonest expiry and the expired ones in O(log n). An entry whose
-session has been touched since (or is gone) is stale and skipped when it comes up; the heap
-is rebuilt from the live sessions when stale entries outnumber them, which keeps its size
-within about twice the live count at an amortised O(1) per touch.
+A session costs its state, not Python objects: sessions live in one `SessionTable` per layout
+(model version and state shapes; app/sessions/table.py) as rows of numpy columns, and the
+index maps each id to its row. Ids are keyed compactly: the 32-hex-character ids the service
+makes (uuid4().hex) by their 16 bytes, any other id (a client's, a /v2 sequence's) by itself,
+so the two never collide. mackey-glass/1 (128 bytes of state) costs about 400 bytes a session
+in all; docs/PERFORMANCE.md has the breakdown and `python bench/million.py` measures it.
+
+Expiry and capacity never look at every session: each table's heap gives its soonest expiry
+and its expired rows in O(log n) (table.py explains why a touch costs no heap entry).
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import math
-from collections.abc import AsyncIterator
-from dataclasses import replace
+from collections.abc import AsyncIterator, Hashable
 
 from app.errors import CapacityReached, SessionNotFound
 from app.sessions.base import KeyedLocks, Session, Sweeper, now
+from app.sessions.table import Layout, RowState, SessionTable, hex_bytes, layout_of
+
+_ROW, _TABLE = (1 << 32) - 1, (1 << 16) - 1
+
+
+def index_key(session_id: str) -> Hashable:
+    """An id's key in the index: the 16 bytes of a lowercase 32-hex-character id, else the id
+    (bytes and str keys never compare equal, so the map stays one-to-one)."""
+    if len(session_id) == 32:
+        raw = hex_bytes(session_id)
+        if raw is not None:
+            return raw
+    return session_id
+
+
+def _settle(work: Session, state: object, ours: bool) -> None:
+    """Give `work` a state of its own if it still has its row's (the row is not its own once
+    the lock goes, or is another session's already when `ours` is False)."""
+    if work.state is state and isinstance(state, RowState):
+        work.state = state.detach() if ours else dict(state.copies or {})
+
+
+def _gone(session_id: str) -> SessionNotFound:
+    return SessionNotFound(f"unknown or expired session {session_id!r}")
 
 
 class MemorySessionStore:
-    """Sessions in a dict; expiry checked on every access and swept in batches."""
+    """Sessions in columnar tables; expiry checked on every access and swept in batches."""
 
     def __init__(self, max_sessions: int, sweep_seconds: float = 5.0) -> None:
         self.max_sessions = max_sessions
         self.sweep_seconds = sweep_seconds
-        self._sessions: dict[str, Session] = {}
+        # key -> handle: serial << 48 | table number << 32 | row. The serial (one per create)
+        # makes every session's handle its own, so a handle that is still in the index after
+        # an await is the same session (not one created since in the same row).
+        self._index: dict[Hashable, int] = {}
+        self._serial = 0
+        self._tables: list[SessionTable] = []
+        self._by_layout: dict[tuple[str, int, Layout], int] = {}  # -> table number
+        self._epoch = now()
         self._locks = KeyedLocks()
-        self._heap: list[tuple[float, str]] = []
         self._sweeper = Sweeper(self.sweep, sweep_seconds)
 
     async def start(self) -> None:
@@ -44,119 +76,150 @@ class MemorySessionStore:
 
     async def count(self) -> int:
         await self._sweeper.sweep_all()
-        return len(self._sessions)
+        return len(self._index)
 
     def count_pinned(self, model: str, version: int) -> int:
         """Live sessions pinned to model/version: model control frees a draining version as
         soon as none is left (a store that cannot tell has no such method: the deadline)."""
         t = now()
-        return sum(
-            1
-            for s in self._sessions.values()
-            if s.version == version and s.model == model and not s.expired(t)
-        )
+        return sum(table.count_live(t) for table in self._tables
+                   if table.version == version and table.model == model)  # fmt: skip
 
-    # -- expiry --------------------------------------------------------------------------
+    # -- tables and rows -------------------------------------------------------------------------
 
-    def _put(self, s: Session) -> None:
-        """Store `s` and index its expiry."""
-        self._sessions[s.session_id] = s
-        heapq.heappush(self._heap, (s.expires_at, s.session_id))
-        if len(self._heap) > 2 * len(self._sessions) + 1024:
-            self._heap = [(v.expires_at, k) for k, v in self._sessions.items()]
-            heapq.heapify(self._heap)
+    def _table_for(self, s: Session) -> int:
+        layout = layout_of(s)
+        n = self._by_layout.get((s.model, s.version, layout))
+        if n is None:
+            n = self._by_layout[(s.model, s.version, layout)] = len(self._tables)
+            self._tables.append(SessionTable(s.model, s.version, layout, self._epoch))
+        return n
 
-    def _soonest(self) -> tuple[float, str] | None:
-        """The heap's first entry that is current (stale ones are dropped on the way)."""
-        heap = self._heap
-        while heap:
-            at, sid = heap[0]
-            s = self._sessions.get(sid)
-            if s is not None and s.expires_at == at:
-                return heap[0]
-            heapq.heappop(heap)
-        return None
+    def _add(self, key: Hashable, s: Session) -> None:
+        n = self._table_for(s)
+        row = self._tables[n].add(key, s)
+        assert row is not None  # (the table of its layout)
+        self._serial += 1
+        self._index[key] = self._serial << 48 | n << 32 | row
+
+    def _remove(self, key: Hashable, handle: int) -> None:
+        del self._index[key]
+        self._tables[handle >> 32 & _TABLE].remove(handle & _ROW)
+
+    def _live(self, key: Hashable, session_id: str) -> tuple[int, SessionTable, int]:
+        """The session's (handle, table, row); SessionNotFound if it is unknown or expired (and
+        then dropped, unless someone holds or awaits its lock)."""
+        handle = self._index.get(key)
+        if handle is None:
+            raise _gone(session_id)
+        table, row = self._tables[handle >> 32 & _TABLE], handle & _ROW
+        if table.expires[row] <= now():
+            if key not in self._locks:
+                self._remove(key, handle)
+            else:  # the sweep may have dropped its entry; the next one must find it
+                table.index(row)
+            raise _gone(session_id)
+        return handle, table, row
 
     def sweep(self, limit: int = 1 << 62) -> int:
         """Drop up to `limit` expired sessions that nobody holds; returns how many went.
 
-        A held session's entry is dropped too: the holder pushes a new one when it leaves."""
+        A held session's entry is dropped too: its holder's write-back indexes it again."""
         t = now()
         gone = 0
-        while gone < limit:
-            first = self._soonest()
-            if first is None or first[0] > t:
-                break
-            heapq.heappop(self._heap)
-            if first[1] not in self._locks:
-                del self._sessions[first[1]]
-                gone += 1
+        for table in self._tables:
+            while gone < limit:
+                row = table.pop_expired(t)
+                if row is None:
+                    break
+                key = table.key(row)
+                if key is not None and key not in self._locks:
+                    del self._index[key]
+                    table.remove(row)
+                    gone += 1
         return gone
 
-    def _live(self, session_id: str) -> Session:
-        s = self._sessions.get(session_id)
-        if s is None:
-            raise SessionNotFound(f"unknown or expired session {session_id!r}")
-        if s.expired():
-            if session_id not in self._locks:
-                del self._sessions[session_id]
-            raise SessionNotFound(f"unknown or expired session {session_id!r}")
-        return s
+    def _soonest(self) -> float:
+        found = [t for t in (table.soonest() for table in self._tables) if t is not None]
+        return min(found) if found else now() + 1
 
-    # -- the protocol ------------------------------------------------------------------------
+    # -- the protocol ----------------------------------------------------------------------------
 
     async def create(self, session: Session) -> Session:
         """Store it; a live session with the same (caller-chosen) id is replaced, not counted."""
-        sid = session.session_id
-        if sid not in self._sessions and len(self._sessions) >= self.max_sessions:
+        key = index_key(session.session_id)
+        old = self._index.get(key)
+        if old is None and len(self._index) >= self.max_sessions:
             self.sweep(1)  # one expired session makes the room needed
-            if len(self._sessions) >= self.max_sessions:
-                first = self._soonest()
-                soonest = first[0] if first is not None else now() + 1
+            if len(self._index) >= self.max_sessions:
                 raise CapacityReached(
-                    retry_after=max(1, math.ceil(soonest - now())),
+                    retry_after=max(1, math.ceil(self._soonest() - now())),
                     detail=f"session capacity reached ({self.max_sessions} live sessions)",
                 )
         session.touch(session.created_at)
-        self._put(_copy(session))
-        return replace(session)
+        if old is not None:
+            self._remove(key, old)
+        self._add(key, session)
+        return session
 
     async def get(self, session_id: str) -> Session:
-        s = self._live(session_id)
-        s.touch()
-        self._put(s)
-        return _copy(s)
+        _, table, row = self._live(index_key(session_id), session_id)
+        s = table.read(row, session_id)
+        s.expires_at = now() + s.ttl_seconds
+        table.extend(row, s.expires_at)
+        return s
 
     @contextlib.asynccontextmanager
     async def locked(self, session_id: str) -> AsyncIterator[Session]:
-        self._live(session_id)
-        await self._locks.acquire(session_id)  # held or awaited: never swept meanwhile
+        key = index_key(session_id)
+        handle, table, row = self._live(key, session_id)
+        if await self._locks.acquire(key):  # held or awaited: never swept meanwhile
+            try:  # it may have gone while we waited
+                handle, table, row = self._live(key, session_id)
+            except SessionNotFound:
+                self._locks.release(key)
+                raise
         try:
-            current = self._live(session_id)  # it may have gone while we waited
-            work = _copy(current)
+            work = table.read(row, session_id, lazy=True)
+            state, ttl = work.state, work.ttl_seconds
             try:
                 yield work
             except BaseException:
-                if self._sessions.get(session_id) is current:
-                    current.touch()  # a refused change is still a use of the session
-                    self._put(current)
+                ours = self._index.get(key) == handle
+                _settle(work, state, ours)
+                if ours:
+                    table.extend(row, now() + ttl)  # a refused change is still a use of it
                 raise
-            if self._sessions.get(session_id) is not current:
+            if self._index.get(key) != handle:
+                _settle(work, state, False)
                 raise SessionNotFound(f"session {session_id!r} was deleted meanwhile")
-            work.touch()
-            self._put(work)
+            work.expires_at = now() + work.ttl_seconds
+            if table.write(row, work):
+                table.extend(row, work.expires_at)
+                _settle(work, state, True)
+            else:  # another model or state layout: the session moves to that table
+                _settle(work, state, True)
+                self._remove(key, handle)
+                self._add(key, work)
         finally:
-            self._locks.release(session_id)
+            self._locks.release(key)
 
     async def delete(self, session_id: str) -> None:
-        self._live(session_id)
-        del self._sessions[session_id]
+        key = index_key(session_id)
+        self._remove(key, self._live(key, session_id)[0])
 
+    # -- what it costs ---------------------------------------------------------------------------
 
-def _copy(s: Session) -> Session:
-    """A copy whose arrays are its own: what a caller does to it never reaches the store.
-    (Field by field: `dataclasses.replace` runs __init__ and costs several times more.)"""
-    c = object.__new__(Session)
-    c.__dict__.update(s.__dict__)
-    c.state = {k: v.copy() for k, v in s.state.items()}
-    return c
+    def footprint(self) -> dict[str, int]:
+        """Bytes held, by part: the tables' columns and heaps, and the index (its hash table,
+        keys and handles). A Python walk over every key: for benchmarks, not for serving."""
+        import sys
+
+        parts: dict[str, int] = {}
+        for table in self._tables:
+            for part, n in table.footprint().items():
+                parts[part] = parts.get(part, 0) + n
+        parts["index"] = sys.getsizeof(self._index) + sum(
+            sys.getsizeof(k) + sys.getsizeof(h) for k, h in self._index.items()
+        )
+        return parts
