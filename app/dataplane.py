@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from math import isfinite
 from typing import Any, TypeVar
@@ -31,7 +31,14 @@ from app.errors import (
 from app.inference.engine import Engine, EngineResult, Runner
 from app.inference.registry import ModelRegistry
 from app.metrics import Metrics
-from app.sessions.base import Session, SessionStore, inputs_digest, new_session_id, now
+from app.sessions.base import (
+    Session,
+    SessionStore,
+    batch_state,
+    inputs_digest,
+    new_session_id,
+    now,
+)
 
 T = TypeVar("T")
 
@@ -158,7 +165,7 @@ class DataPlane:
         self,
         engine: Engine,
         x: np.ndarray,
-        states: dict[str, np.ndarray] | None = None,
+        states: Mapping[str, np.ndarray] | None = None,
         lengths: np.ndarray | None = None,
         internals: bool = False,
     ) -> EngineResult:
@@ -328,7 +335,7 @@ class DataPlane:
                 raise OffsetConflict(s.offset)
             if s.offset + x.shape[0] > MAX_OFFSET:
                 raise InvalidInput(f"this chunk would take the offset past {MAX_OFFSET}")
-            states = {k: v[None] for k, v in s.state.items()}
+            states = batch_state(s.state)
             r = await self.infer(engine, x[None], states, None, internals)
             ints = internals_of(r.internals, 0, x.shape[0]) if r.internals else None
             y = np.ascontiguousarray(r.y[0])

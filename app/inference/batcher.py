@@ -18,6 +18,9 @@ request wait:
   call), but only while fewer sequences wait than the previous run had: concurrent clients
   come back together, so the batch is filled again; a lone client (previous run: itself) or
   an idle engine never waits.
+States may come as rows of shared arrays (the memory store's tables: a mapping with `arrays`,
+name -> [rows, *shape], and `rows`, app/sessions/table.py): when every call of a batch has
+its states in the same arrays, the batch's states are one gather by row index per tensor.
 Small runs (estimated under `inline_ms` from this engine's measured cost per time step) run
 on the event loop itself: for a step of a 32-cell LSTM a thread hand-off costs several times
 the run. Larger runs go to the thread pool, which ONNX Runtime (GIL released) shares with
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from math import isfinite
@@ -42,7 +46,7 @@ SMALL_RUN = 64  # sequence-steps under which a run's cost is mostly fixed overhe
 @dataclass(slots=True)
 class _Call:
     x: np.ndarray  # [B, T, I]
-    states: dict[str, np.ndarray] | None
+    states: Mapping[str, np.ndarray] | None
     lengths: np.ndarray | None
     future: asyncio.Future[EngineResult]
 
@@ -79,7 +83,24 @@ class _Queue:
             self.unit_cost = per if self.unit_cost < 0 else 0.8 * self.unit_cost + 0.2 * per
 
 
-def _merge(engine: Engine, calls: list[_Call]) -> tuple[np.ndarray, dict[str, np.ndarray] | None,
+def _gather(calls: list[_Call]) -> dict[str, np.ndarray] | None:
+    """The batch's states as one gather per tensor, when every call's states are rows of the
+    same arrays (see the module doc); None otherwise."""
+    first = calls[0].states
+    arrays = None if type(first) is dict else getattr(first, "arrays", None)
+    if arrays is None:
+        return None
+    rows: list[int] = []
+    for c in calls:
+        st = c.states
+        if type(st) is dict or getattr(st, "arrays", None) is not arrays:
+            return None
+        rows += st.rows  # type: ignore[union-attr]
+    return {name: a[rows] for name, a in arrays.items()}
+
+
+def _merge(engine: Engine, calls: list[_Call]) -> tuple[np.ndarray,
+                                                         Mapping[str, np.ndarray] | None,
                                                          np.ndarray | None]:  # fmt: skip
     """One batch from many calls: x zero-padded to the longest, states and lengths concatenated."""
     if len(calls) == 1:
@@ -96,7 +117,9 @@ def _merge(engine: Engine, calls: list[_Call]) -> tuple[np.ndarray, dict[str, np
         lengths[off : off + b] = t if c.lengths is None else c.lengths
         off += b
     states: dict[str, np.ndarray] | None = None
-    if any(c.states is not None for c in calls):
+    if all(c.states is not None for c in calls):
+        states = _gather(calls)
+    if states is None and any(c.states is not None for c in calls):
         states = engine.initial_state(B)
         off = 0
         for c in calls:
@@ -160,7 +183,7 @@ class BatchingRunner:
         self,
         engine: Engine,
         x: np.ndarray,
-        states: dict[str, np.ndarray] | None,
+        states: Mapping[str, np.ndarray] | None,
         lengths: np.ndarray | None,
         internals: bool = False,
     ) -> EngineResult:
@@ -273,7 +296,7 @@ class BatchingRunner:
             asyncio.get_running_loop().call_soon(self._flush, engine, q)
         self._drop_if_idle(engine, q)
 
-    def _timed(self, engine: Engine, x: np.ndarray, states: dict[str, np.ndarray] | None,
+    def _timed(self, engine: Engine, x: np.ndarray, states: Mapping[str, np.ndarray] | None,
                lengths: np.ndarray | None, internals: bool,
                q: _Queue | None = None) -> EngineResult:  # fmt: skip
         t0 = time.perf_counter()

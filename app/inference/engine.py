@@ -12,7 +12,7 @@ are exactly those of the sequence alone; nothing is padded through the network.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -179,7 +179,7 @@ class Engine:
         self,
         sess: ort.InferenceSession,
         x: np.ndarray,
-        states: dict[str, np.ndarray],
+        states: Mapping[str, np.ndarray],
         extra_outputs: list[str],
     ) -> list[np.ndarray]:
         feeds = {"x": np.ascontiguousarray(x, np.float32)}
@@ -193,7 +193,7 @@ class Engine:
     def run(
         self,
         x: np.ndarray,
-        states: dict[str, np.ndarray] | None = None,
+        states: Mapping[str, np.ndarray] | None = None,
         lengths: np.ndarray | None = None,
         internals: bool = False,
     ) -> EngineResult:
@@ -218,7 +218,7 @@ class Engine:
         self,
         sess: ort.InferenceSession,
         x: np.ndarray,
-        states: dict[str, np.ndarray],
+        states: Mapping[str, np.ndarray],
         lengths: np.ndarray,
         extra: list[str],
     ) -> EngineResult:
@@ -255,7 +255,7 @@ class Runner(Protocol):
         self,
         engine: Engine,
         x: np.ndarray,
-        states: dict[str, np.ndarray] | None,
+        states: Mapping[str, np.ndarray] | None,
         lengths: np.ndarray | None,
         internals: bool = False,
     ) -> EngineResult: ...
