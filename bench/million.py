@@ -3,7 +3,7 @@
     python bench/million.py                      # 1,000 vs 1,000,000 sessions of mackey-glass/1
     python bench/million.py --baseline DIR       # + the same on another checkout, side by side
     python bench/million.py --parts redis        # one part: size, alloc, gather, redis
-    python bench/million.py --quick              # smoke run (1,000 vs 20,000; 200 in Redis)
+    python bench/million.py --quick              # smoke run (1,000 vs 5,000; 200 in Redis)
 
 DIR is a checkout to compare with, e.g. the last commit with the dict-of-objects memory store:
 `mkdir /tmp/base && git archive 2ed7992 | tar -x -C /tmp/base`.
@@ -87,11 +87,11 @@ def one_model_repo(tmp: Path) -> Path:
     return repo
 
 
-async def fill(dp: Any, n: int, first: int = 0) -> None:
-    """n sessions, each created and then stepped once, in waves of 256 concurrent calls."""
+async def fill(dp: Any, n: int, first: int = 0, wave: int = 256) -> None:
+    """n sessions, each created and then stepped once, in waves of `wave` concurrent calls."""
     x = np.full((1, 1), 0.5, np.float32)
-    for start in range(first, first + n, 256):
-        ks = range(start, min(start + 256, first + n))
+    for start in range(first, first + n, wave):
+        ks = range(start, min(start + wave, first + n))
         await asyncio.gather(*(dp.create_session(MODEL, session_id=sid(k)) for k in ks))
         await asyncio.gather(*(dp.step(sid(k), x, 0) for k in ks))
 
@@ -364,7 +364,7 @@ def part_redis(n: int) -> None:
             store = RedisSessionStore.from_settings(settings)
             registry = ModelRegistry.build(scan_repository(repo), "cpu", 1)
             dp = DataPlane(registry, store, BatchingRunner(1, None), settings)
-            await fill(dp, n)
+            await fill(dp, n, wave=16)  # (within the client's connection pool)
             await store.close()
 
         asyncio.run(go())
@@ -450,7 +450,7 @@ def main() -> int:
         return 0
     sys.path.insert(0, str(ROOT))
     if args.quick:
-        args.sessions, args.calls, args.rounds, args.alloc_steps = 20_000, 50, 1, 256
+        args.sessions, args.calls, args.rounds, args.alloc_steps = 5000, 20, 1, 128
         args.redis_sessions = 200
     parts = args.parts.split(",")
     trees = {"this tree": ROOT, **({"baseline": args.baseline.resolve()} if args.baseline else {})}

@@ -46,3 +46,8 @@ def test_cuda_placement_quick() -> None:
 def test_batching_bench_quick() -> None:
     out = _run(sys.executable, "bench/batching.py", "--quick")
     assert out.count("batched/unbatched") == 2 and out.count("lone client") == 2
+
+
+def test_million_bench_quick() -> None:
+    out = _run(sys.executable, "bench/million.py", "--quick", "--parts", "size,gather")
+    assert "bytes per session" in out and "ratio" in out and "batcher's own share" in out
