@@ -213,6 +213,11 @@ class SessionStore(Protocol):
     async def create(self, session: Session) -> Session:
         """Store a new session (its TTL starts now); CapacityReached past the limit."""
 
+    async def create_if_absent(self, session: Session) -> tuple[Session, bool]:
+        """Store `session` unless a live session has its id: (it as stored, True), else (the
+        live one as `get` gives it, False). Atomic: of concurrent calls for one id, in any
+        processes sharing the store, exactly one creates and the others get its session."""
+
     async def get(self, session_id: str) -> Session:
         """A snapshot of the session, its life extended by its TTL; SessionNotFound if gone."""
 

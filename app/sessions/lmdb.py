@@ -238,17 +238,31 @@ class LMDBSessionStore:
 
     async def create(self, session: Session) -> Session:
         """Store it; a live session with the same (caller-chosen) id is replaced, not counted."""
+        return (await self._create(session, if_absent=False))[0]
+
+    async def create_if_absent(self, session: Session) -> tuple[Session, bool]:
+        """The look and the create are one write transaction: one writer at a time, across
+        every process of the host."""
+        return await self._create(session, if_absent=True)
+
+    async def _create(self, session: Session, if_absent: bool) -> tuple[Session, bool]:
+        key = session_key(session.session_id)
+        found = None
         try:
             with self._env.begin(write=True) as txn:
-                soonest = self._create_in(txn, session)
+                if if_absent:
+                    found = self._extend_in(txn, key)
+                soonest = None if found else self._create_in(txn, session)
         except lmdb.Error as e:
             raise _unavailable(e, self) from e
+        if found:
+            return unpack(session.session_id, *found), False
         if soonest is not None:
             raise CapacityReached(
                 retry_after=max(1, math.ceil(soonest / 1e6 - now())),
                 detail=f"session capacity reached ({self.max_sessions} live sessions)",
             )
-        return session
+        return session, True
 
     def _create_in(self, txn: lmdb.Transaction, session: Session) -> int | None:
         """Store `session` within `txn` (its TTL starts at its creation); when the store is
@@ -269,23 +283,29 @@ class LMDBSessionStore:
 
     async def get(self, session_id: str) -> Session:
         """A snapshot; its life is extended in the same write transaction (head only)."""
-        key = session_key(session_id)
-        t = now()
-        head = body = None
         try:
             with self._env.begin(write=True) as txn:
-                old = self._head_of(txn, key)
-                if old is not None and old[2] <= to_us(t):
-                    self._remove(txn, key, old)
-                elif old is not None:
-                    head = (old[0], old[1], to_us(t + old[3]), old[3])
-                    self._put(txn, key, head, old)
-                    body = txn.get(key, db=self._body)
+                found = self._extend_in(txn, session_key(session_id))
         except lmdb.Error as e:
             raise _unavailable(e, self) from e
-        if head is None or body is None:  # (a head never comes without its body)
+        if found is None:
             raise SessionNotFound(f"unknown or expired session {session_id!r}")
-        return unpack(session_id, head, body)
+        return unpack(session_id, *found)
+
+    def _extend_in(self, txn: lmdb.Transaction, key: bytes) -> tuple[Head, bytes] | None:
+        """The live session's head, its life extended, and body; None (an expired one
+        removed) when there is none."""
+        t = now()
+        old = self._head_of(txn, key)
+        if old is not None and old[2] <= to_us(t):
+            self._remove(txn, key, old)
+        elif old is not None:
+            head = (old[0], old[1], to_us(t + old[3]), old[3])
+            self._put(txn, key, head, old)
+            body = txn.get(key, db=self._body)
+            if body is not None:  # (a head never comes without its body)
+                return head, bytes(body)
+        return None
 
     def _touch(self, key: bytes, read: Head) -> None:
         """Extend the life of the session read as `read`, if it is still that one."""

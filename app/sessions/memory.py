@@ -162,6 +162,14 @@ class MemorySessionStore:
         self._add(key, session)
         return session
 
+    async def create_if_absent(self, session: Session) -> tuple[Session, bool]:
+        """(`session`, True) stored, or (the live session with its id, as `get` gives it,
+        False): no await between the look and the create, so nothing comes in between."""
+        if index_key(session.session_id) in self._index:
+            with contextlib.suppress(SessionNotFound):  # (expired: it is absent)
+                return await self.get(session.session_id), False
+        return await self.create(session), True
+
     async def get(self, session_id: str) -> Session:
         _, table, row = self._live(index_key(session_id), session_id)
         s = table.read(row, session_id)

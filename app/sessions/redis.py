@@ -190,6 +190,13 @@ class RedisSessionStore:
     # -- the protocol ----------------------------------------------------------------------
 
     async def create(self, session: Session) -> Session:
+        return (await self._create(session, if_absent=False))[0]
+
+    async def create_if_absent(self, session: Session) -> tuple[Session, bool]:
+        """The look and the create are one script on the session's node."""
+        return await self._create(session, if_absent=True)
+
+    async def _create(self, session: Session, if_absent: bool) -> tuple[Session, bool]:
         sid = session.session_id
         limit, total = self.max_sessions, None
         if self.counter is not None:  # several buckets: the shared count decides
@@ -201,13 +208,17 @@ class RedisSessionStore:
             r = await self._eval(
                 CREATE,
                 list(self.keys.session(sid)),
-                [sid, limit, session.ttl_seconds * 1000, rev, *encode(session)],
+                [sid, limit, session.ttl_seconds * 1000, rev, int(if_absent), *encode(session)],
                 write=True,
             )
         except ReplicationShortfall:
-            with contextlib.suppress(StoreUnavailable):  # do not leave it counted
-                await self._eval(DELETE, list(self.keys.session(sid)), [sid], write=False)
+            with contextlib.suppress(StoreUnavailable):  # do not leave it counted (if ours)
+                await self._eval(DELETE, list(self.keys.session(sid)), [sid, rev], write=False)
             raise
+        if int(r[0]) == 2:
+            found, found_rev = decode(sid, pairs(r[1]))
+            self._written.put(found, found_rev)
+            return found, False
         if int(r[0]) == 0:
             ms = int(r[1])
             if ms < 0 and self.counter is not None and total is not None:
@@ -220,7 +231,7 @@ class RedisSessionStore:
             self.counter.created()
         made = replace(session, created_at=int(r[1]) / 1000, expires_at=int(r[2]) / 1000)
         self._written.put(made, rev)
-        return made
+        return made, True
 
     async def _read(self, session_id: str) -> tuple[Session, str]:
         raw = await self._eval(TOUCH, list(self.keys.session(session_id)), [session_id], False)

@@ -41,12 +41,27 @@ return {redis.call('ZCARD', KEYS[1]), tonumber(first[2]) - now}
 """
 )
 
+# extend(): the life of the live session in KEYS[1] (id ARGV[1], index KEYS[2]) extended by
+# its TTL -> its field/value list.
+_EXTEND = """
+local function extend()
+  local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl'))
+  redis.call('HSET', KEYS[1], 'expires_at', now + ttl)
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
+  return redis.call('HGETALL', KEYS[1])
+end
+"""
+
 # KEYS[1] = session hash, KEYS[2] = its bucket's index. ARGV[1] = id, ARGV[2] = limit
 # (> 0: refuse a new id when the index holds that many; 0: no check; -1: replace only),
-# ARGV[3] = ttl ms, ARGV[4] = revision, ARGV[5..] = field/value pairs.
-# -> {1, created ms, expires ms} created (or this very create, retried), {0, ms until a slot frees}
+# ARGV[3] = ttl ms, ARGV[4] = revision, ARGV[5] = 1: only if absent (a live session is kept,
+# its life extended, and returned), ARGV[6..] = field/value pairs.
+# -> {1, created ms, expires ms} created (or this very create, retried), {0, ms until a slot
+#    frees}, {2, the live session's field/value list} (only if absent).
 CREATE = Script(
     _NOW
+    + _EXTEND
     + """
 local limit = tonumber(ARGV[2])
 local exists = redis.call('EXISTS', KEYS[1])
@@ -54,6 +69,7 @@ if exists == 1 and redis.call('HGET', KEYS[1], 'rev') == ARGV[4] then
   local at = redis.call('HMGET', KEYS[1], 'created_at', 'expires_at')
   return {1, tonumber(at[1]), tonumber(at[2])}
 end
+if exists == 1 and ARGV[5] == '1' then return {2, extend()} end
 if exists == 0 and limit < 0 then return {0, -1} end
 if exists == 0 and limit > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
@@ -65,7 +81,7 @@ end
 local ttl = tonumber(ARGV[3])
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], 'created_at', now, 'expires_at', now + ttl, 'rev', ARGV[4],
-           unpack(ARGV, 5))
+           unpack(ARGV, 6))
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
 return {1, now, now + ttl}
@@ -78,12 +94,9 @@ TOUCH = Script(
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 """
     + _NOW
+    + _EXTEND
     + """
-local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl'))
-redis.call('HSET', KEYS[1], 'expires_at', now + ttl)
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])
-return redis.call('HGETALL', KEYS[1])
+return extend()
 """
 )
 
@@ -111,9 +124,11 @@ return {1, now + ttl}
 """
 )
 
-# KEYS as CREATE; ARGV[1] = id. -> 1 deleted, 0 gone.
+# KEYS as CREATE; ARGV[1] = id, ARGV[2] (optional) = a revision: only the session at it.
+# -> 1 deleted, 0 gone (or at another revision).
 DELETE = Script(
     """
+if ARGV[2] and redis.call('HGET', KEYS[1], 'rev') ~= ARGV[2] then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 return redis.call('DEL', KEYS[1])
 """

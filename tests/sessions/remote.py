@@ -90,6 +90,9 @@ def _serve(conn: Connection) -> None:
                     result = 0
                     for _ in range(n):
                         result += await change(stores[handle], sid)
+                elif op == "create_each":  # create_if_absent of each: whether it created
+                    handle, sessions = args
+                    result = [(await stores[handle].create_if_absent(s))[1] for s in sessions]
                 elif op == "close":
                     await stores.pop(args[0]).close()
                 elif op == "exit":
@@ -97,7 +100,7 @@ def _serve(conn: Connection) -> None:
                         await s.close()
                     conn.send(("ok", None))
                     return
-                else:  # a protocol method: create, get, delete, count
+                else:  # a protocol method: create, create_if_absent, get, delete, count
                     handle, *rest = args
                     result = await getattr(stores[handle], op)(*rest)
                 conn.send(("ok", result))
@@ -143,7 +146,7 @@ class Remote:
 
 
 class SplitStore:
-    """One store seen from two processes: create, delete and count go to the other process;
+    """One store seen from two processes: creates, delete and count go to the other process;
     get and locked run here. Every contract test through it crosses the process boundary."""
 
     def __init__(self, local: SessionStore, remote: Remote, handle: int) -> None:
@@ -165,6 +168,12 @@ class SplitStore:
     async def create(self, session: Session) -> Session:
         created: Session = await self.remote.call("create", self.handle, session)
         return created
+
+    async def create_if_absent(self, session: Session) -> tuple[Session, bool]:
+        found: tuple[Session, bool] = await self.remote.call(
+            "create_if_absent", self.handle, session
+        )
+        return found
 
     async def get(self, session_id: str) -> Session:
         return await self.local.get(session_id)

@@ -141,7 +141,8 @@ def test_ttl_expiry_and_sliding_ttl(stores: Stores) -> None:
         # full again, but an expired session makes room without waiting for a sweep
         await store.create(make("new", ttl=60))
         await asyncio.sleep(1.1)  # "used" and "stepped" expire (the gets above extended them)
-        await store.create(make("newer", ttl=60))
+        made, created = await store.create_if_absent(make("used", ttl=60))  # expired: absent
+        assert created and made.offset == 0 and made.ttl_seconds == 60
         await store.create(make("newest", ttl=60))
         assert await store.count() == 3
 
@@ -231,6 +232,50 @@ def test_replace_on_same_id(stores: Stores) -> None:
         assert got.offset == 0 and got.ttl_seconds == 30 and got.last_outputs is None
         assert float(got.state["cell_states"][0]) == 2.0
         assert await store.count() == 1
+
+    stores.run(body)
+
+
+def test_create_if_absent_keeps_a_live_session(stores: Stores) -> None:
+    """The first create_if_absent of an id creates; later ones return the live session as it
+    stands (its life extended), change nothing, and are never refused for capacity."""
+
+    async def body(st: Stores) -> None:
+        store = await st.open(max_sessions=2)
+        made, created = await store.create_if_absent(make("a", k=1.0, offset=2, ttl=30))
+        assert created and made.offset == 2
+        async with store.locked("a") as s:
+            s.offset, s.last_offset, s.last_digest = 3, 2, "d"
+            s.last_outputs = np.full((1, 1), 0.5, np.float32)
+        before = (await store.get("a")).expires_at
+        await store.create(make("b"))  # full now
+        got, created = await store.create_if_absent(make("a", k=5.0, ttl=60))
+        assert not created and (got.offset, got.ttl_seconds, got.last_offset) == (3, 30, 2)
+        assert float(got.state["cell_states"][0]) == 1.0 and got.expires_at >= before
+        again = await store.get("a")
+        assert again.offset == 3 and float(again.state["cell_states"][0]) == 1.0
+        assert again.last_outputs is not None and float(again.last_outputs[0, 0]) == 0.5
+        with pytest.raises(CapacityReached):
+            await store.create_if_absent(make("c"))
+        await store.delete("a")
+        made, created = await store.create_if_absent(make("a", k=5.0))
+        assert created and float((await store.get("a")).state["cell_states"][0]) == 5.0
+        assert await store.count() == 2
+
+    stores.run(body)
+
+
+@pytest.mark.parametrize("stores", ["memory", "lmdb", "redis"], indirect=True)
+def test_concurrent_create_if_absent_creates_once(stores: Stores) -> None:
+    """20 concurrent create_if_absent of one id in one process, each with its own state: one
+    creates, and all 20 answer with that one's session (two processes: the last test)."""
+
+    async def body(st: Stores) -> None:
+        store = await st.open()
+        got = await asyncio.gather(*(store.create_if_absent(make("a", k=k)) for k in range(20)))
+        (winner,) = [k for k, (_, created) in enumerate(got) if created]
+        assert {float(s.state["cell_states"][0]) for s, _ in got} == {winner}
+        assert float((await store.get("a")).state["cell_states"][0]) == winner
 
     stores.run(body)
 
@@ -327,5 +372,25 @@ def test_a_stale_write_is_refused(shared: Stores) -> None:
                 s.offset += 100
         await remote.call("close", handle)
         assert (await store.get("a")).offset == 1
+
+    shared.run(body)
+
+
+def test_create_if_absent_from_two_processes_creates_once(shared: Stores) -> None:
+    """This process and another create the same 150 ids at once, each with its own state:
+    each id is created by exactly one of them, and holds that one's state."""
+
+    async def body(st: Stores) -> None:
+        store = await st.open(max_sessions=1000)
+        remote = st.remote()
+        handle = await remote.call("open", st.spec(1000))
+        ids = [f"id{k}" for k in range(150)]
+        remote.start("create_each", handle, [make(sid, k=2.0) for sid in ids])
+        here = [(await store.create_if_absent(make(sid, k=1.0)))[1] for sid in ids]
+        there = await remote.finish()
+        await remote.call("close", handle)
+        assert [a + b for a, b in zip(here, there, strict=True)] == [1] * len(ids)
+        for sid, mine in zip(ids, here, strict=True):
+            assert float((await store.get(sid)).state["cell_states"][0]) == (1.0 if mine else 2.0)
 
     shared.run(body)
