@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 import time
 from pathlib import Path
 
@@ -184,3 +185,25 @@ def test_redis_outage_is_503_and_recovers(replicas: list[Replica], redis_server:
     assert r.status_code == 200, r.text
     whole, _ = predict(a, x)
     np.testing.assert_allclose(r.json()["outputs"], whole[2:], atol=1e-5)
+
+
+def test_racing_retries_of_one_create_make_one_session(replicas: list[Replica]) -> None:
+    """12 copies of one create (one Idempotency-Key) sent at once to both replicas, five keys
+    over: each key's session is created by exactly one of them, and the rest replay it."""
+    clients = [r.client() for r in replicas]
+    start = threading.Barrier(12)
+
+    def one(i: int, key: str) -> httpx.Response:
+        start.wait()
+        return clients[i % 2].post(
+            "/v1/sessions", json={"model": MODEL}, headers={"Idempotency-Key": key}
+        )
+
+    with cf.ThreadPoolExecutor(max_workers=12) as pool:
+        for round in range(5):
+            key = f"race-{round}-{time.time_ns()}"
+            rs = list(pool.map(one, range(12), [key] * 12))
+            assert [r.status_code for r in rs] == [201] * 12, [r.text for r in rs]
+            assert len({r.json()["session_id"] for r in rs}) == 1
+            made = [r for r in rs if r.headers.get("Idempotent-Replayed") != "true"]
+            assert len(made) == 1, f"{len(made)} of 12 racing creates each made the session"

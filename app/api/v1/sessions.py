@@ -127,25 +127,21 @@ async def create_session(body: JsonBody, request: Request, dp: DataPlaneDep) -> 
     req = SessionCreate.model_validate(body)
     engine = dp.model(req.model, req.version)
     state = codec.state(req.state, engine.state_specs, "state") if req.state is not None else None
+    args = (engine.name, engine.version, state, req.offset, req.ttl_seconds)
     sid = idempotent_id(request)
-    if sid is not None:
-        try:
-            s = await dp.get_session(sid)
-        except SessionNotFound:
-            pass
-        else:
-            asked = (req.model, req.version or s.version, req.ttl_seconds or s.ttl_seconds)
-            if asked != (s.model, s.version, s.ttl_seconds):
-                raise InvalidInput(
-                    f"this {IDEMPOTENCY_HEADER} opened a session on {s.model}/{s.version} "
-                    f"(ttl {s.ttl_seconds} s); a retry must ask for the same"
-                )
-            replayed = {"Idempotent-Replayed": "true"}
-            return NumpyJSONResponse(session_body(s), status_code=201, headers=replayed)
-    s = await dp.create_session(
-        engine.name, engine.version, state, req.offset, req.ttl_seconds, session_id=sid
-    )
-    return NumpyJSONResponse(session_body(s), status_code=201)
+    if sid is None:
+        return NumpyJSONResponse(session_body(await dp.create_session(*args)), status_code=201)
+    s, created = await dp.create_session_once(*args, session_id=sid)  # (atomic: no race)
+    if created:
+        return NumpyJSONResponse(session_body(s), status_code=201)
+    asked = (req.model, req.version or s.version, req.ttl_seconds or s.ttl_seconds)
+    if asked != (s.model, s.version, s.ttl_seconds):
+        raise InvalidInput(
+            f"this {IDEMPOTENCY_HEADER} opened a session on {s.model}/{s.version} "
+            f"(ttl {s.ttl_seconds} s); a retry must ask for the same"
+        )
+    replayed = {"Idempotent-Replayed": "true"}
+    return NumpyJSONResponse(session_body(s), status_code=201, headers=replayed)
 
 
 @router.post(
