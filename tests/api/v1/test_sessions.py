@@ -331,16 +331,17 @@ def test_idempotency_key_makes_a_retried_create_return_the_same_session(
     for bad in ("", "x" * 256, "has space", "\u00e9t\u00e9"):
         r = client.post("/v1/sessions", json=body, headers={"Idempotency-Key": bad.encode()})
         assert r.status_code == 422, (bad, r.text)
-    # concurrent retries of one create: one session
-    async def burst() -> list[str]:
+    # concurrent retries of one create: one session, made by one of them
+    async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url) as ac:
-            rs = await asyncio.gather(*(
+            return await asyncio.gather(*(
                 ac.post("/v1/sessions", json=body, headers={"Idempotency-Key": "burst-1"})
                 for _ in range(8)
             ))
-        return [r.json()["session_id"] for r in rs]
 
-    assert len(set(asyncio.run(burst()))) == 1
+    rs = asyncio.run(burst())
+    assert len({r.json()["session_id"] for r in rs}) == 1
+    assert sum(r.headers.get("Idempotent-Replayed") != "true" for r in rs) == 1
     # after the session ends, the key opens a new one
     assert client.delete(f"/v1/sessions/{sid}").status_code == 204
     fresh = client.post("/v1/sessions", json=body, headers=key)
