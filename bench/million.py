@@ -6,7 +6,8 @@
     python bench/million.py --quick              # smoke run (1,000 vs 5,000; 200 in Redis)
 
 DIR is a checkout to compare with, e.g. the last commit with the dict-of-objects memory store:
-`mkdir /tmp/base && git archive 2ed7992 | tar -x -C /tmp/base`.
+`mkdir /tmp/base && git archive "$(git log -1 --format=%H --grep='in columnar tables')^" |
+tar -x -C /tmp/base`.
 
 Parts (each tree's run is its own process, so that its RSS is its own):
 - size: the data plane with the memory store, the real batcher and models/mackey-glass/1
