@@ -48,6 +48,15 @@ T = TypeVar("T")
 MAX_OFFSET = 2**53 - 1
 
 
+class SessionExists(Exception):
+    """`create_session(..., if_absent=True)` found a live session with that id (`session`):
+    the answer of a create that was already made, not an error."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(session.session_id)
+        self.session = session
+
+
 @dataclass
 class PredictResult:
     engine: Engine
@@ -243,43 +252,15 @@ class DataPlane:
         ttl_seconds: int | None = None,
         *,
         session_id: str | None = None,
+        if_absent: bool = False,
     ) -> Session:
         """A new session at offset 0 from zeros, or restored from an exported state/offset.
 
         `session_id` lets a protocol choose the id (/v2 sequences derive it from the sequence
         id); a live session with that id is replaced, which is how a sequence starts over.
+        With `if_absent` it is kept instead and raised as SessionExists: of concurrent creates
+        of one id (an Idempotency-Key's retries), on any replica, exactly one creates.
         """
-        session = self._new_session(name, version, state, offset, ttl_seconds, session_id)
-        async with self._store_op("create"):
-            return await self.store.create(session)
-
-    async def create_session_once(
-        self,
-        name: str,
-        version: int | None,
-        state: dict[str, np.ndarray] | None,
-        offset: int | None,
-        ttl_seconds: int | None,
-        *,
-        session_id: str,
-    ) -> tuple[Session, bool]:
-        """As `create_session`, but a live session with that id is kept and returned instead
-        (with False): of concurrent creates of one id (an Idempotency-Key's retries), on any
-        replica, exactly one creates."""
-        session = self._new_session(name, version, state, offset, ttl_seconds, session_id)
-        async with self._store_op("create"):
-            return await self.store.create_if_absent(session)
-
-    def _new_session(
-        self,
-        name: str,
-        version: int | None,
-        state: dict[str, np.ndarray] | None,
-        offset: int | None,
-        ttl_seconds: int | None,
-        session_id: str | None,
-    ) -> Session:
-        """The session a create would store, its arguments checked."""
         engine = self.model(name, version)
         if offset is not None and state is None:
             raise InvalidInput("offset is only accepted together with state (restoring a session)")
@@ -289,7 +270,7 @@ class DataPlane:
         if not 1 <= ttl <= self.settings.max_ttl_seconds:
             raise InvalidInput(f"ttl_seconds must be between 1 and {self.settings.max_ttl_seconds}")
         init = state if state is not None else {k: v[0] for k, v in engine.initial_state(1).items()}
-        return Session(
+        session = Session(
             session_id=session_id or new_session_id(),
             model=engine.name,
             version=engine.version,
@@ -298,6 +279,13 @@ class DataPlane:
             offset=offset or 0,
             created_at=now(),
         )
+        async with self._store_op("create"):
+            if not if_absent:
+                return await self.store.create(session)
+            s, created = await self.store.create_if_absent(session)
+        if not created:
+            raise SessionExists(s)
+        return s
 
     async def get_session(self, session_id: str) -> Session:
         """A snapshot (extends the session's life)."""

@@ -22,7 +22,7 @@ from app.api.v1.schemas import (
     request_body,
 )
 from app.api.wire import NumpyJSONResponse
-from app.dataplane import DataPlane, StepResult
+from app.dataplane import DataPlane, SessionExists, StepResult
 from app.errors import InvalidInput, SessionNotFound
 from app.inference.engine import Engine
 from app.sessions.base import Session, iso
@@ -127,12 +127,15 @@ async def create_session(body: JsonBody, request: Request, dp: DataPlaneDep) -> 
     req = SessionCreate.model_validate(body)
     engine = dp.model(req.model, req.version)
     state = codec.state(req.state, engine.state_specs, "state") if req.state is not None else None
-    args = (engine.name, engine.version, state, req.offset, req.ttl_seconds)
     sid = idempotent_id(request)
-    if sid is None:
-        return NumpyJSONResponse(session_body(await dp.create_session(*args)), status_code=201)
-    s, created = await dp.create_session_once(*args, session_id=sid)  # (atomic: no race)
-    if created:
+    try:  # (with a key: created only if absent, atomically, so racing retries make one)
+        s = await dp.create_session(
+            engine.name, engine.version, state, req.offset, req.ttl_seconds,
+            session_id=sid, if_absent=sid is not None,
+        )  # fmt: skip
+    except SessionExists as e:
+        s = e.session
+    else:
         return NumpyJSONResponse(session_body(s), status_code=201)
     asked = (req.model, req.version or s.version, req.ttl_seconds or s.ttl_seconds)
     if asked != (s.model, s.version, s.ttl_seconds):
