@@ -39,6 +39,11 @@ def test_rows_grow_and_are_reused() -> None:
             await store.create(make(f"t{k}", k=-k))
         (table,) = store._tables
         assert table.live == 3000 and table._used == 3000  # the freed rows were used again
+        for k in range(1, 11, 2):
+            await store.delete(f"s{k}")
+        assert store.count_pinned("m", 1) == 2995 and store.count_pinned("m", 2) == 0
+        for k in range(1, 11, 2):
+            await store.create(make(f"s{k}", k=k))
         for k in range(1, 3000, 2):
             got = await store.get(f"s{k}")
             assert float(got.state["c"][0]) == k and float(got.state["h"][2]) == -k
