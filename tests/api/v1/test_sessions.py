@@ -334,10 +334,12 @@ def test_idempotency_key_makes_a_retried_create_return_the_same_session(
     # concurrent retries of one create: one session, made by one of them
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url) as ac:
-            return await asyncio.gather(*(
-                ac.post("/v1/sessions", json=body, headers={"Idempotency-Key": "burst-1"})
-                for _ in range(8)
-            ))
+            return await asyncio.gather(
+                *(
+                    ac.post("/v1/sessions", json=body, headers={"Idempotency-Key": "burst-1"})
+                    for _ in range(8)
+                )
+            )
 
     rs = asyncio.run(burst())
     assert len({r.json()["session_id"] for r in rs}) == 1
