@@ -4,8 +4,9 @@ Every failure the service can meet (our own errors, FastAPI/pydantic validation,
 routes, oversized bodies, unexpected bugs) ends here. The body follows the protocol the path
 belongs to: `{"detail": "<readable>", ...}` with a CONTRACT section 3 code on the native API,
 `{"error": "<readable>"}` with a section 4 code (malformed input is 400, not 422) under /v2,
-as Triton answers. The middlewares (auth, body limit) use `error_response` for the same rule.
-The WebSocket stream uses `error_payload` for the same text.
+as Triton answers. `classify` says which error any exception is, `error_parts` how it is
+worded; the exception handlers, the edge middlewares and the fast path all answer through
+them, and the WebSocket stream words the same errors with `error_payload`.
 """
 
 from __future__ import annotations
@@ -178,15 +179,23 @@ def is_v2(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
 
 
-def error_response(
+def error_parts(
     path: str, exc: PeepholeError, headers: dict[str, str] | None = None
-) -> Response:
-    """`exc` worded for the protocol of `path`: /v2 `{"error"}` (422 -> 400), else `{"detail"}`."""
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, body, headers) of `exc` worded for the protocol of `path`: /v2 `{"error"}`
+    (422 -> 400), else `{"detail", ...}`. Every HTTP error answer is built from this."""
     merged = {**exc.headers, **(headers or {})}
     if is_v2(path):
         status = 400 if exc.status_code == 422 else exc.status_code
-        return json_response(status, {"error": exc.detail}, merged)
-    return json_response(exc.status_code, exc.body(), merged)
+        return status, {"error": exc.detail}, merged
+    return exc.status_code, exc.body(), merged
+
+
+def error_response(
+    path: str, exc: PeepholeError, headers: dict[str, str] | None = None
+) -> Response:
+    """`exc` as a Response (see `error_parts`)."""
+    return json_response(*error_parts(path, exc, headers))
 
 
 def status_error(status: int, detail: str, headers: dict[str, str] | None = None) -> PeepholeError:
@@ -224,38 +233,31 @@ def as_peephole(exc: Exception) -> PeepholeError | None:
     return None
 
 
-async def _peephole(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, PeepholeError)
-    return error_response(request.scope["path"], exc)
-
-
-async def _validation(request: Request, exc: Exception) -> Response:
+def classify(exc: Exception, method: str, path: str) -> PeepholeError:
+    """Any exception as the error it is answered with: ours as they are, validation as 422,
+    Starlette's HTTP errors by their status (400 -> 422: an unreadable body), anything else a
+    500 that is logged with its traceback. The exception handlers and the fast path use it."""
     err = as_peephole(exc)
-    assert err is not None
-    return error_response(request.scope["path"], err)
+    if err is not None:
+        return err
+    if isinstance(exc, StarletteHTTPException):
+        status = exc.status_code
+        detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if status == 404:
+            detail = "no such route"
+        if status == 400:
+            status = 422  # malformed request (e.g. an unreadable body); 400 again under /v2
+        return status_error(status, detail, dict(exc.headers or {}))
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return status_error(500, "internal error")
 
 
-async def _http(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
-    status = exc.status_code
-    detail = exc.detail if isinstance(exc.detail, str) else "request failed"
-    if status == 404:
-        detail = "no such route"
-    if status == 400:
-        status = 422  # malformed request (e.g. an unreadable body); 400 again under /v2
-    err = status_error(status, detail, dict(exc.headers or {}))
-    return error_response(request.scope["path"], err)
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(request.scope["path"], status_error(500, "internal error"))
+async def _handle(request: Request, exc: Exception) -> Response:
+    return error_response(request.scope["path"], classify(exc, request.method, request.url.path))
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the one mapping from exceptions to CONTRACT status codes and bodies."""
-    app.add_exception_handler(PeepholeError, _peephole)
-    app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(ValidationError, _validation)
-    app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(Exception, _unexpected)
+    kinds = (PeepholeError, RequestValidationError, ValidationError, StarletteHTTPException)
+    for kind in (*kinds, Exception):
+        app.add_exception_handler(kind, _handle)

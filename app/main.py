@@ -1,7 +1,8 @@
 """`create_app(settings)`: the FastAPI application. Heavy objects are built in the lifespan.
 
 Middleware order (outermost first): metrics (sees every answer, 401 and 413 included),
-auth (before any body is read), body limit, then the routes.
+auth (before any body is read), the body reader with its limit, then the routes. The two hot
+routes are answered by the fast path (app/edge/fastpath.py) with the same rules.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.docs import install_docs
 from app.api.main import api_router
@@ -146,20 +147,27 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, keys=settings.api_keys)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.fast_path = FastPath(app.state, metrics, settings.api_keys, settings.max_body_bytes)
     return app
 
 
 class PeepholeAPI(FastAPI):
     """FastAPI, with the hot routes answered before any of its per-request machinery.
 
-    `POST .../predict` and `POST /v1/sessions/{id}/steps` go to `FastPath` (same checks,
-    bodies, errors and metrics as the routes and middlewares; see app/edge/fastpath.py).
+    `POST .../predict` and `POST /v1/sessions/{id}/steps` go to `FastPath`, built with the
+    middleware stack from the middlewares on it (same rules, settings, errors and metrics;
+    None when the stack holds one it cannot stand in for).
     """
 
     fast_path: FastPath | None = None
 
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        self.fast_path = FastPath.over(self, stack)
+        return stack
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
         if (
             self.fast_path is not None
             and scope["type"] == "http"

@@ -1,7 +1,8 @@
 """Prometheus metrics: one registry per app, fed from these places only.
 
-- `app.edge.metrics.MetricsMiddleware` (ASGI) counts requests and their latency by route TEMPLATE
-  (`/v1/sessions/{session_id}/steps`, never the raw path) and status;
+- `observe_request`, called by the metrics middleware and the fast path (app/edge), counts
+  requests and their latency by route TEMPLATE (`/v1/sessions/{session_id}/steps`, never the
+  raw path) and status;
 - the inference runner reports batch size and inference time per model version;
 - the data plane counts session store errors; live sessions are read at scrape time;
 - the gRPC servicer (app/api/grpc) counts its calls and stream messages by status code;
@@ -67,6 +68,7 @@ class Metrics:
             "Session changes run again because another worker or replica wrote first",
             registry=r,
         )
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.ws_messages = Counter(
             "peephole_websocket_messages_total",
             "WebSocket stream messages by answer status",
@@ -120,6 +122,20 @@ class Metrics:
             registry=r,
         )
         ProcessCollector(registry=r)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """One HTTP request or WebSocket connection (labelled children cached: this runs on
+        every request, and `labels()` costs more than the observation itself)."""
+        key = (method, route, status)
+        series = self._series.get(key)
+        if series is None:
+            series = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+            self._series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def observe_inference(self, engine: Any, batch: int, seconds: float) -> None:
         labels = {"model": engine.name, "version": str(engine.version)}

@@ -1,8 +1,9 @@
 """API keys (PEEPHOLE_API_KEYS): `Authorization: Bearer <key>` on every route but the open ones.
 
-Checked in a middleware, before any body is read, so a request without a key learns only
-401. Keys are compared with `hmac.compare_digest` against every configured key (no early
-exit). A WebSocket may pass `?access_token=<key>` because browsers cannot set its headers.
+Checked before any body is read, so a request without a key learns only 401. Keys are
+compared with `hmac.compare_digest` against every configured key (no early exit). A
+WebSocket may pass `?access_token=<key>` because browsers cannot set its headers.
+`check_key` is the rule; the middleware and the fast path both call it.
 """
 
 from __future__ import annotations
@@ -45,23 +46,36 @@ def bearer(scope: Scope) -> str | None:
     return None
 
 
+def check_key(scope: Scope, keys: list[str]) -> None:
+    """Raise Unauthorized unless the request may pass (no keys set, an open route, a key)."""
+    if not keys or is_open(scope["path"]):
+        return
+    token = bearer(scope)
+    if token is None and scope["type"] == "websocket":
+        qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        token = (qs.get("access_token") or [None])[0]
+    if token is None or not key_matches(token, keys):
+        raise Unauthorized()
+
+
 class AuthMiddleware:
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
         self.app = app
         self.keys = list(keys)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.keys or scope["type"] not in ("http", "websocket") or is_open(scope["path"]):
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        token = bearer(scope)
-        if token is None and scope["type"] == "websocket":
-            qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            token = (qs.get("access_token") or [None])[0]
-        if token is not None and key_matches(token, self.keys):
-            await self.app(scope, receive, send)
+        try:
+            check_key(scope, self.keys)
+        except Unauthorized as err:
+            await self._refuse(err, scope, receive, send)
             return
-        err = Unauthorized()
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _refuse(err: Unauthorized, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             await error_response(scope["path"], err)(scope, receive, send)
             return

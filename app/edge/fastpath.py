@@ -2,19 +2,17 @@
 
 `POST /v1/models/{name}[/versions/{v}]/predict` and `POST /v1/sessions/{id}/steps` carry
 almost all the traffic, and on a small CPU box FastAPI's per-request machinery (routing over
-every route, dependency solving, Request objects, three middleware layers) costs more than
-the inference itself. This layer answers those two routes directly and hands everything else
-to FastAPI unchanged. It runs before FastAPI's own per-request work (telemetry checks,
-middleware stack, routing), from `PeepholeAPI.__call__` in app/main.py.
+every route, dependency solving, Request objects, the middleware stack) costs more than the
+inference itself. This layer answers those two routes directly, from `PeepholeAPI.__call__`
+(app/main.py), and hands everything else to FastAPI unchanged.
 
-Same semantics as the FastAPI routes: it runs the same route body for predict
-(`app.api.v1.predict.predict_body`) and for steps (`app.api.v1.sessions.apply_steps`, one
-store access per chunk through `DataPlane.step_parsed`), on the same parsed JSON, and
-does what the three middlewares do, in their order: metrics by route template (outermost,
-so it sees 401 and 413 too), API keys (before any body is read), the body limit (declared
-Content-Length, then streamed bytes; 413 with `Connection: close`). Errors go through the
-same mapping (`PeepholeError` -> its status and body; validation -> 422; anything else ->
-logged 500). tests/api/v1 exercises this path for every predict and steps call.
+It writes no rule of its own: it calls the functions the middlewares call, in their order
+(`Metrics.observe_request` outermost, `check_key` before the body is read, `read_body`, then
+`classify` and `error_parts` for any failure), takes their settings from the middleware
+instances on the app's stack, and runs the routes' own bodies (`predict_body`,
+`apply_steps`). `FastPath.over` builds it only when every middleware on the stack is one it
+stands in for (`HONOURS`); anything else (CORS, tracing, FastAPI's OpenTelemetry hook) turns
+it off, so a middleware added later is never skipped.
 """
 
 from __future__ import annotations
@@ -25,15 +23,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from fastapi import FastAPI
 from starlette.datastructures import State
-from starlette.types import Receive, Scope, Send
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.v1.predict import predict_body
 from app.api.v1.sessions import apply_steps
 from app.api.wire import decode_json
 from app.dataplane import DataPlane
-from app.edge.auth import bearer, key_matches
-from app.errors import PayloadTooLarge, Unauthorized, as_peephole
+from app.edge.auth import AuthMiddleware, check_key
+from app.edge.limits import BodyLimitMiddleware, read_body
+from app.edge.metrics import MetricsMiddleware
+from app.errors import classify, error_parts
 from app.metrics import Metrics
 
 log = logging.getLogger("peephole.fastpath")
@@ -42,10 +45,32 @@ PREDICT = "/v1/models/{name}/predict"
 PREDICT_VERSION = "/v1/models/{name}/versions/{version}/predict"
 STEPS = "/v1/sessions/{session_id}/steps"
 _JSON = (b"content-type", b"application/json")
-_CLOSE = (b"connection", b"close")
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 Handler = Callable[[DataPlane, list[str], Any], Awaitable[dict[str, Any]]]
+
+# Every middleware this path stands in for, and how it does that middleware's work.
+HONOURS: dict[type, str] = {
+    MetricsMiddleware: "`Metrics.observe_request` by route template, around everything",
+    AuthMiddleware: "`check_key`, before the body is read",
+    BodyLimitMiddleware: "`read_body` (limit declared and streamed, whole bodies only)",
+    ServerErrorMiddleware: "an unexpected error is logged and answered 500 (`classify`)",
+    ExceptionMiddleware: "errors answered through `classify` and `error_parts`",
+}
+# The layers FastAPI puts on every stack, and why the hot routes do not need them.
+FRAMEWORK: dict[str, str] = {
+    "fastapi.telemetry._asgi.ExceptionTelemetryMiddleware": "acts only with telemetry on "
+    "(then this path is off)",
+    "fastapi._body_limit.AppBodyLimitMiddleware": "acts only with FastAPI(max_body_size=...) "
+    "(then this path is off); PEEPHOLE_MAX_BODY_BYTES is `read_body`'s",
+    "fastapi.middleware.asyncexitstack.AsyncExitStackMiddleware": "closes uploaded files; "
+    "the hot routes take none",
+}
+
+
+def stands_in_for(layer: object) -> bool:
+    kind = type(layer)
+    return kind in HONOURS or f"{kind.__module__}.{kind.__qualname__}" in FRAMEWORK
 
 
 async def _predict_route(dp: DataPlane, params: list[str], body: Any) -> dict[str, Any]:
@@ -75,17 +100,51 @@ def match(path: str) -> tuple[str, Handler, list[str]] | None:
     return None
 
 
+def middleware_chain(stack: ASGIApp, end: ASGIApp) -> tuple[list[Any], bool]:
+    """The middleware instances of a built Starlette stack, outermost first, and whether
+    following each one's `.app` reached `end` (if not, some layer hides what is below it)."""
+    chain: list[Any] = []
+    layer: Any = stack
+    while layer is not end and layer is not None:
+        chain.append(layer)
+        layer = getattr(layer, "app", None)
+    return chain, layer is end
+
+
 class FastPath:
     """Answers the hot routes; `PeepholeAPI.__call__` asks it first, FastAPI gets the rest."""
 
-    def __init__(self, state: State, metrics: Metrics, keys: list[str],
-                 max_body_bytes: int) -> None:  # fmt: skip
+    def __init__(self, state: State, metrics: Metrics, keys: list[str], max_body: int) -> None:
         self.state = state
         self.metrics = metrics
         self.keys = list(keys)
-        self.max = max_body_bytes
-        self._counters: dict[tuple[str, int], Any] = {}
-        self._latency: dict[str, Any] = {}
+        self.max_body = max_body
+
+    @classmethod
+    def over(cls, app: FastAPI, stack: ASGIApp) -> FastPath | None:
+        """The fast path for `app` with its built middleware `stack`, or None (with a warning)
+        when the stack holds a middleware this path does not stand in for."""
+        chain, complete = middleware_chain(stack, app.router)
+        foreign = [type(m).__name__ for m in chain if not stands_in_for(m)]
+        if not complete:
+            foreign.append(f"what {type(chain[-1]).__name__} wraps")
+        telemetry = getattr(app, "_native_telemetry", None)
+        if telemetry is not None and telemetry.enabled():
+            foreign.append("FastAPI's OpenTelemetry instrumentation")
+        if getattr(app, "max_body_size", None) is not None:
+            foreign.append("FastAPI's max_body_size")
+        if foreign:
+            log.warning("fast path off: %s would not see the hot routes", ", ".join(foreign))
+            return None
+        by_type = {type(m): m for m in chain}
+        try:
+            metrics = by_type[MetricsMiddleware].metrics
+            keys = by_type[AuthMiddleware].keys
+            limit = by_type[BodyLimitMiddleware].max
+        except KeyError as e:
+            log.warning("fast path off: no %s on the stack", e.args[0].__name__)
+            return None
+        return cls(app.state, metrics, keys, limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Serve the request if it is a hot route (True), else leave it alone (False)."""
@@ -99,65 +158,19 @@ class FastPath:
         try:
             status = await self._serve(dp, scope, receive, send, handler, params)
         finally:
-            self._count(template, status, time.perf_counter() - t0)
+            self.metrics.observe_request("POST", template, status, time.perf_counter() - t0)
         return True
-
-    def _count(self, template: str, status: int, seconds: float) -> None:
-        """MetricsMiddleware's two series, with the labelled children cached."""
-        counter = self._counters.get((template, status))
-        if counter is None:
-            counter = self.metrics.requests.labels("POST", template, str(status))
-            self._counters[(template, status)] = counter
-        latency = self._latency.get(template)
-        if latency is None:
-            latency = self._latency[template] = self.metrics.latency.labels("POST", template)
-        counter.inc()
-        latency.observe(seconds)
 
     async def _serve(self, dp: DataPlane, scope: Scope, receive: Receive, send: Send,
                      handler: Handler, params: list[str]) -> int:  # fmt: skip
-        if self.keys:
-            token = bearer(scope)
-            if token is None or not key_matches(token, self.keys):
-                err = Unauthorized()
-                return await _answer(send, err.status_code, err.body(), err.headers)
-        body = await self._body(scope, receive)
-        if body is None:
-            err = PayloadTooLarge(f"request body over the limit of {self.max} bytes")
-            return await _answer(send, err.status_code, err.body(), {"Connection": "close"})
         try:
+            check_key(scope, self.keys)
+            body = await read_body(scope, receive, self.max_body)
             out = await handler(dp, params, decode_json(body))
         except Exception as exc:
-            pe = as_peephole(exc)
-            if pe is None:
-                log.exception("unhandled error on POST %s", scope["path"], exc_info=exc)
-                return await _answer(send, 500, {"detail": "internal error"})
-            return await _answer(send, pe.status_code, pe.body(), pe.headers)
+            path = scope["path"]
+            return await _answer(send, *error_parts(path, classify(exc, "POST", path)))
         return await _answer(send, 200, out)
-
-    async def _body(self, scope: Scope, receive: Receive) -> bytes | None:
-        """The whole body, or None past the limit (declared or streamed)."""
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                if value.isdigit() and int(value) > self.max:
-                    return None
-                break
-        message = await receive()
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            return body if len(body) <= self.max else None
-        chunks = [body]
-        size = len(body)
-        while message.get("more_body", False):
-            message = await receive()
-            if message["type"] != "http.request":
-                break  # the client went away; what we have is all there is
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
 
 
 async def _answer(send: Send, status: int, body: dict[str, Any],

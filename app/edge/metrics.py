@@ -9,8 +9,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.metrics import Metrics
 
 
+def route_template(scope: Scope) -> str:
+    """The matched route's template (`/v1/sessions/{session_id}`), never the raw path."""
+    return getattr(scope.get("route"), "path", None) or "unmatched"
+
+
 class MetricsMiddleware:
-    """Request count and latency by route template and status (pure ASGI, streaming-safe)."""
+    """Outermost: sees every answer (401 and 413 included). Pure ASGI, streaming-safe."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -21,20 +26,20 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         t0 = time.perf_counter()
-        status = {"code": 500 if scope["type"] == "http" else 1000}
+        status = 500 if scope["type"] == "http" else 1000
 
         async def send_wrapper(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status = message["status"]
             elif message["type"] == "websocket.close":
-                status["code"] = message.get("code", 1000)
+                status = message.get("code", 1000)
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "WS")
-            self.metrics.requests.labels(method, template, str(status["code"])).inc()
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - t0)
+            self.metrics.observe_request(
+                method, route_template(scope), status, time.perf_counter() - t0
+            )

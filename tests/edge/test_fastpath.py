@@ -13,8 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.middleware.cors import CORSMiddleware
 
-from app.main import PeepholeAPI
+from app.edge.fastpath import HONOURS
+from app.main import PeepholeAPI, create_app
 from tests.live import LiveServer, make_settings
 from tests.repo import LNSC, PLAIN, RepoModels
 
@@ -181,3 +183,23 @@ def test_metrics_count_fast_path_by_template(live: LiveServer) -> None:
     assert 'route="/v1/models/{name}/predict",status="200"' in text
     assert 'route="/v1/sessions/{session_id}/steps",status="200"' in text
     assert sid not in text
+
+
+def test_every_middleware_of_the_app_is_honoured(models: RepoModels) -> None:
+    """A middleware added to create_app must be taught to the fast path (HONOURS), else this
+    fails: the fast path would otherwise switch itself off and the hot routes get slower."""
+    app = create_app(make_settings(models.repo))
+    added = [m.cls for m in app.user_middleware]
+    assert added and all(cls in HONOURS for cls in added), added
+    app.middleware_stack = app.build_middleware_stack()
+    assert isinstance(app, PeepholeAPI) and app.fast_path is not None
+
+
+def test_a_foreign_middleware_turns_the_fast_path_off(models: RepoModels) -> None:
+    """CORS added by an embedding app: the hot routes then go through FastAPI, CORS included."""
+    server = LiveServer(make_settings(models.repo))
+    server.app.add_middleware(CORSMiddleware, allow_origins=["*"])
+    with server, server.client() as c:
+        r = c.post(PREDICT, json={"inputs": [[[0.1, 0.2]]]}, headers={"Origin": "http://x.test"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+        assert isinstance(server.app, PeepholeAPI) and server.app.fast_path is None
