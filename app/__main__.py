@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -174,18 +173,6 @@ def _die_with_supervisor() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _http_protocol() -> type:
-    from app.edge.transport import CoalescingHttpToolsProtocol
-
-    return CoalescingHttpToolsProtocol
-
-
-def _ws_protocol() -> type:
-    from app.edge.websocket import GracefulWebSocketProtocol
-
-    return GracefulWebSocketProtocol
-
-
 def factory() -> FastAPI:
     """The app of one worker process (uvicorn multi-process mode, or another manager's)."""
     from app.main import create_app
@@ -213,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = settings_from(argv)
     import uvicorn
 
+    from app.edge.server import server_options
     from app.main import create_app
 
     _logging(settings)
@@ -224,19 +212,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         os.environ["PEEPHOLE_LMDB_PATH"] = str(private)
         settings = Settings()
     log_startup(settings, private is not None)
-    have = importlib.util.find_spec
-    options: dict[str, Any] = dict(
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop" if have("uvloop") else "asyncio",
-        http=_http_protocol() if have("httptools") else "h11",
-        ws=_ws_protocol(),
-        ws_max_size=settings.max_body_bytes,
-        timeout_graceful_shutdown=settings.graceful_shutdown_seconds or None,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        server_header=False,
-    )
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        **server_options(settings),
+    }
     workers = settings.worker_processes
     try:
         if workers == 1:

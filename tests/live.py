@@ -19,6 +19,7 @@ import httpx
 import uvicorn
 
 from app.config import Settings
+from app.edge.server import server_options
 from app.main import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,29 +31,35 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+TRANSPORTS = ("stock", "production")
+
+
 class LiveServer:
-    """uvicorn serving create_app(settings) in a thread (`uvicorn_options` override its config)."""
+    """uvicorn serving create_app(settings) in a thread.
+
+    `transport`: "stock" is uvicorn's default protocol (what an embedding app gets),
+    "production" the options of `python -m app` (app/edge/server.py: our httptools protocol
+    with its connection limits, on uvloop). `uvicorn_options` override either.
+    """
 
     def __init__(
         self,
         settings: Settings,
+        transport: str = "stock",
         uvicorn_options: dict[str, Any] | None = None,
         **collaborators: Any,
     ) -> None:
         self.settings = settings
+        self.transport = transport
         self.app = create_app(settings, **collaborators)
         port = free_port()
-        config = uvicorn.Config(
-            self.app,
-            **{
-                "host": "127.0.0.1",
-                "port": port,
-                "log_level": "warning",
-                "ws_max_size": settings.max_body_bytes,
-                "lifespan": "on",
-                **(uvicorn_options or {}),
-            },
-        )
+        if transport == "production":
+            options = {**server_options(settings), "log_level": "warning"}
+        else:
+            assert transport == "stock", transport
+            options = {"log_level": "warning", "ws_max_size": settings.max_body_bytes}
+        options.update(uvicorn_options or {})
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, lifespan="on", **options)
         self.server = uvicorn.Server(config)
         self.url = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}"

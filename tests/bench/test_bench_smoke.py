@@ -36,11 +36,27 @@ def test_engine_bench_quick() -> None:
     assert "ort/bare" in out and "eager/ort" in out
 
 
-def test_cuda_placement_quick() -> None:
+def test_cuda_graph_quick() -> None:
+    """The CPU half of bench/cuda_placement.py: the cuda graph has no LSTM node and answers
+    like model.onnx (placement itself is test_cuda_placement's)."""
     out = _run(sys.executable, "bench/cuda_placement.py", "--quick")
     assert "model.cuda.onnx operators" in out and "max abs diff" in out
     assert "LSTM" not in out.split("operators", 1)[1].split("\n", 1)[0]
-    assert "ALL NODES ON CUDA" in out or "UNVERIFIED" in out
+
+
+def _cuda_provider() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.skipif(
+    not _cuda_provider(),
+    reason="needs onnxruntime-gpu with CUDAExecutionProvider and a GPU (placement unverified)",
+)
+def test_cuda_placement() -> None:
+    out = _run(sys.executable, "bench/cuda_placement.py", "--quick", "--require-cuda")
+    assert "ALL NODES ON CUDA" in out
 
 
 def test_batching_bench_quick() -> None:

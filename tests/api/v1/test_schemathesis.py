@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.live import LiveServer
 from tests.repo import LNSC, new_session
@@ -23,6 +24,8 @@ def _cli() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "schemathesis.cli"]
 
 
+# One transport is enough for the schema (the other tests run on both); the one users run.
+@pytest.mark.parametrize("server", ["production"], indirect=True)
 def test_schemathesis_finds_nothing(server: LiveServer, client: httpx.Client, tmp_path: Path) -> None:
     sid = new_session(client, LNSC, ttl_seconds=600)
     config = tmp_path / "schemathesis.toml"
