@@ -5,6 +5,8 @@
     bench/http.sh --no-peer --workers 1   # without TorchServe
     bench/http.sh --batching              # + batched vs unbatched steps, lone latency
     bench/http.sh --quick                 # smoke run (no peer, 1 s per case, no warm-up)
+    bench/http.sh --no-peer --baseline /tmp/base   # + Peephole from another checkout, e.g.
+        # mkdir /tmp/base && git archive main | tar -x -C /tmp/base   (before/after a change)
 
 (bench/http.sh runs this file, bench/http_bench.py, with the same arguments.)
 
@@ -177,10 +179,11 @@ def wrk(url: str, conns: int, seconds: int, lua: Path, env: dict[str, str]) -> R
 class Service:
     """A server under test: the cases run against base_url."""
 
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int) -> None:
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], port: int,
+                 cwd: Path = ROOT) -> None:  # fmt: skip
         self.name, self.port = name, port
         self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT,
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=cwd,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         try:
             wait_ready(self.url, self.proc)
@@ -206,15 +209,17 @@ class Service:
         stop(self.proc)
 
 
-def peephole(repo: Path, workers: int, **env: str) -> Service:
+def peephole(repo: Path, workers: int, tree: Path = ROOT, name: str = "peephole",
+             **env: str) -> Service:  # fmt: skip
+    """`python -m app` of the checkout `tree` (this one by default)."""
     port = free_port()
     base = {"PEEPHOLE_MODEL_REPOSITORY": str(repo), "PEEPHOLE_PORT": str(port),
             "PEEPHOLE_WORKERS": str(workers), "PEEPHOLE_PROVIDER": "cpu",
             "PEEPHOLE_LOG_LEVEL": "warning", "PEEPHOLE_ACCESS_LOG": "false",
-            "PEEPHOLE_GRPC_PORT": "0"}  # fmt: skip
+            "PEEPHOLE_GRPC_PORT": "0", "PYTHONPATH": str(tree)}  # fmt: skip
     if workers > 1:  # several workers share sessions through the lmdb store
         base["PEEPHOLE_SESSION_STORE"] = "lmdb"
-    return Service("peephole", [sys.executable, "-m", "app"], {**base, **env}, port)
+    return Service(name, [sys.executable, "-m", "app"], {**base, **env}, port, cwd=tree)
 
 
 def bare(workers: int) -> Service:
@@ -372,8 +377,10 @@ def batching(repo: Path, work: Path, workers: int, warmup: int, duration: int) -
         finally:
             svc.close()
     u, b, w = (res[k] for k in res)
-    print(f"  steps 64 conns: batched / unbatched req/s = {b['steps'].rps / u['steps'].rps:.2f}x"
-          f"  (max wait 2 ms: {w['steps'].rps / u['steps'].rps:.2f}x)")
+    print(
+        f"  steps 64 conns: batched / unbatched req/s = {b['steps'].rps / u['steps'].rps:.2f}x"
+        f"  (max wait 2 ms: {w['steps'].rps / u['steps'].rps:.2f}x)"
+    )
     print(f"  lone client p50: unbatched {u['lone'].p50:.3f} ms, batched {b['lone'].p50:.3f} ms "
           f"({b['lone'].p50 / u['lone'].p50:.2f}x), max wait 2 ms {w['lone'].p50:.3f} ms "
           f"({w['lone'].p50 / u['lone'].p50:.2f}x)")  # fmt: skip
@@ -391,6 +398,7 @@ def main() -> int:
     ap.add_argument("--no-bare", action="store_true")
     ap.add_argument("--batching", action="store_true", help="batched vs unbatched steps")
     ap.add_argument("--batching-only", action="store_true")
+    ap.add_argument("--baseline", type=Path, help="also run Peephole from this checkout")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed: nothing measured (apt-get install wrk)")
@@ -405,9 +413,11 @@ def main() -> int:
     try:
         write_bodies(work)
         repo = build_repository(work)
-        print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; wrk -t1, "
-              f"{args.duration} s per case after {args.warmup} s warm-up; "
-              f"Peephole and bare FastAPI with {workers} worker(s)")
+        print(
+            f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; wrk -t1, "
+            f"{args.duration} s per case after {args.warmup} s warm-up; "
+            f"Peephole and bare FastAPI with {workers} worker(s)"
+        )
         if args.batching_only:
             batching(repo, work, workers, args.warmup, args.duration)
             return 0
@@ -424,6 +434,12 @@ def main() -> int:
                 r["Peephole"] = run_cases(svc, work, cases, args.warmup, args.duration)
             finally:
                 svc.close()
+            if args.baseline:
+                svc = peephole(repo, workers, args.baseline.resolve(), "baseline")
+                try:
+                    r["baseline"] = run_cases(svc, work, cases, args.warmup, args.duration)
+                finally:
+                    svc.close()
             if not args.no_bare:
                 svc = bare(workers)
                 try:
@@ -433,6 +449,8 @@ def main() -> int:
             rounds.append(r)
         if not args.no_peer:
             ratio_table("Peephole vs TorchServe", rounds, "Peephole", "TorchServe", cases)
+        if args.baseline:
+            ratio_table(f"Peephole vs {args.baseline}", rounds, "Peephole", "baseline", cases)
         if not args.no_bare:
             ratio_table(f"Peephole vs bare FastAPI (x{workers})", rounds, "Peephole", "bare", cases)
         if args.batching:
