@@ -188,7 +188,8 @@ class Engine:
         names = self._lean_outputs if not extra_outputs else [*self._lean_outputs, *extra_outputs]
         # Plain `run` with numpy feeds: inputs are wrapped without a copy, and on the CPU it
         # measured cheaper than IO binding or prebuilt OrtValues for these small runs.
-        return sess.run(names, feeds)
+        outputs: list[np.ndarray] = sess.run(names, feeds)
+        return outputs
 
     def run(
         self,
