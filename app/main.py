@@ -32,6 +32,7 @@ from app.inference.registry import ModelRegistry
 from app.inference.repository import scan_repository
 from app.metrics import Metrics
 from app.sessions import SessionStore, make_store
+from app.version import __version__
 
 log = logging.getLogger("peephole")
 
@@ -92,8 +93,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        reg = registry or await asyncio.to_thread(build_registry, settings, intra)
-        st = store or make_store(settings)
+        # `is None`, not `or`: an empty registry is falsy (it has a length) yet was given
+        reg = registry
+        if reg is None:
+            reg = await asyncio.to_thread(build_registry, settings, intra)
+        st = store if store is not None else make_store(settings)
         await st.start()
         runner = BatchingRunner(
             workers,
@@ -132,7 +136,7 @@ def create_app(
 
     app = PeepholeAPI(
         title="Peephole",
-        version="0.1.0",
+        version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
         default_response_class=NumpyJSONResponse,

@@ -15,7 +15,7 @@ from app.dataplane import DataPlane
 
 router = APIRouter(prefix="/v1/models", tags=["predict"])
 
-_DOC = {
+_DOC: dict[str, Any] = {
     "response_model": None,
     "responses": {200: {"model": PredictResponse}, **errors(404, 413, 422)},
     "openapi_extra": request_body(PredictRequest),
