@@ -20,12 +20,16 @@ RUN apt-get update \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY app ./app
 COPY peephole ./peephole
+# constraints.txt pins every serving dependency to the versions tested together
+# (refresh: python .ci/constraints.py > constraints.txt), so a rebuild is the same image.
 RUN pip install --upgrade pip setuptools wheel \
- && pip install '.[serve]' \
- && if [ "$VARIANT" = "gpu" ]; then pip uninstall -y onnxruntime && pip install onnxruntime-gpu; fi \
+ && pip install -c constraints.txt '.[serve]' \
+ && if [ "$VARIANT" = "gpu" ]; then \
+      ort=$(python -c 'from importlib.metadata import version; print(version("onnxruntime"))') \
+      && pip uninstall -y onnxruntime && pip install -c constraints.txt "onnxruntime-gpu==$ort"; fi \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} + \
  && rm -rf /opt/venv/lib/python3*/site-packages/pip /opt/venv/lib/python3*/site-packages/setuptools
 
