@@ -1,4 +1,5 @@
-"""The production transport (app/edge/transport.py) and the uvicorn internals it relies on."""
+"""The production transport (app/edge/transport.py, websocket.py) and the uvicorn internals
+they rely on."""
 
 from __future__ import annotations
 
@@ -12,21 +13,38 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import pytest
 from packaging.requirements import Requirement
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from app.edge.transport import CoalescingHttpToolsProtocol, CoalescingTransport
+from app.edge.websocket import GracefulWebSocketProtocol
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The methods of uvicorn's HttpToolsProtocol that CoalescingHttpToolsProtocol overrides or
-# whose behaviour it builds on, fingerprinted (sha256 of the method's syntax tree, first 8
-# hex digits). Identical from uvicorn 0.29 to 0.54. When a uvicorn release changes one,
-# this test fails: read the new method against app/edge/transport.py, adapt, then record
-# the new fingerprint and widen the range in pyproject.toml.
-RELIES_ON = {
-    "connection_made": "52a70c67",  # sets self.transport and self.flow, which we then wrap
-    "handle_websocket_upgrade": "9f6222b9",  # hands self.transport to the WebSocket protocol
+# For each of our protocol subclasses: the uvicorn class, and the methods of it that we
+# override or whose behaviour we build on, fingerprinted (sha256 of the method's syntax
+# tree, first 8 hex digits). Identical in uvicorn 0.53 and 0.54 (pyproject's range). When a
+# uvicorn release changes one, this test fails: read the new method against our subclass,
+# adapt it, then record the new fingerprint and widen the range in pyproject.toml.
+RELIES_ON: dict[type, tuple[type, dict[str, str]]] = {
+    CoalescingHttpToolsProtocol: (
+        HttpToolsProtocol,
+        {
+            "connection_made": "52a70c67",  # sets self.transport and self.flow; we wrap the first
+            "handle_websocket_upgrade": "9f6222b9",  # hands self.transport to the WS protocol
+        },
+    ),
+    GracefulWebSocketProtocol: (
+        WebSocketsSansIOProtocol,
+        {
+            "__init__": "53b3a328",
+            "shutdown": "6b118962",  # closes with 1012 at once; we defer it
+            "receive": "5cbbc370",
+            "send": "9e36d71d",
+        },
+    ),
 }
 
 
@@ -35,11 +53,13 @@ def fingerprint(cls: type, name: str) -> str:
     return hashlib.sha256(ast.unparse(tree.body[0]).encode()).hexdigest()[:8]
 
 
-def test_uvicorn_internals_are_the_ones_checked() -> None:
-    assert {n: fingerprint(HttpToolsProtocol, n) for n in RELIES_ON} == RELIES_ON
-    own = vars(CoalescingHttpToolsProtocol)
-    overridden = {n for n, v in own.items() if callable(v) and not n.startswith("__")}
-    assert overridden <= set(RELIES_ON), overridden - set(RELIES_ON)
+@pytest.mark.parametrize("ours", list(RELIES_ON), ids=lambda c: c.__name__)
+def test_uvicorn_internals_are_the_ones_checked(ours: type) -> None:
+    theirs, methods = RELIES_ON[ours]
+    assert issubclass(ours, theirs)
+    assert {n: fingerprint(theirs, n) for n in methods} == methods
+    overridden = {n for n, v in vars(ours).items() if callable(v) and n in vars(theirs)}
+    assert overridden <= set(methods), f"overrides not fingerprinted: {overridden - set(methods)}"
 
 
 def test_installed_uvicorn_is_in_the_declared_range() -> None:
