@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from app.api.numbers import NumberArray
 from app.api.v2.protocol import (
     FP32,
     InferRequest,
@@ -33,6 +34,7 @@ from app.api.v2.protocol import (
     kind,
     requested_output,
 )
+from app.api.wire import NotJSON, loads
 from app.errors import InvalidInput, PayloadTooLarge
 
 _LE_FP32 = np.dtype("<f4")
@@ -42,7 +44,7 @@ _LIST = {list}
 __all__ = ["FP32", "InferRequest", "RequestedOutput", "decode_request", "encode_response"]
 
 
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+def decompress(body: bytes | bytearray, encoding: str | None, limit: int) -> bytes | bytearray:
     """Undo `Content-Encoding: gzip|deflate` (tritonclient's request compression), bounded by
     `limit` so a small compressed body cannot expand past PEEPHOLE_MAX_BODY_BYTES."""
     if not encoding or encoding.strip().lower() == "identity":
@@ -60,7 +62,9 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return out
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+def _split(
+    body: bytes | bytearray, header_length: str | None
+) -> tuple[bytes | bytearray, memoryview]:
     """(JSON header, binary tail) per `Inference-Header-Content-Length`."""
     if header_length is None:
         return body, memoryview(b"")
@@ -84,6 +88,12 @@ def _object(v: Any, where: str) -> dict[str, Any]:
 
 def _json_numbers(data: Any, count: int, where: str) -> np.ndarray:
     """Flat or nested (row-major) JSON numbers -> flat float32; exactly `count` of them."""
+    if type(data) is NumberArray:  # all numbers, all at one depth (app/api/numbers.py)
+        if data.values.size != count:
+            raise InvalidInput(
+                f"{where}: shape holds {count} elements but data has {data.values.size}"
+            )
+        return data.values
     if type(data) is not list:
         raise InvalidInput(f"{where}.data must be a list of numbers, got {kind(data)}")
     level: list[Any] = data
@@ -162,14 +172,14 @@ def _outputs(v: Any, binary_default: bool) -> list[RequestedOutput] | None:
     return out
 
 
-def decode_request(body: bytes, header_length: str | None = None) -> InferRequest:
+def decode_request(body: bytes | bytearray, header_length: str | None = None) -> InferRequest:
     """Parse an infer request body (JSON, or JSON + binary tensors)."""
     head, binary = _split(body, header_length)
     if not head:
         raise InvalidInput("the request body is empty; send an inference request object")
     try:
-        req = orjson.loads(head)
-    except orjson.JSONDecodeError as e:
+        req = loads(head)
+    except NotJSON as e:
         raise InvalidInput(
             f"the inference header is not valid JSON (NaN and infinity are refused): {e}"
         ) from e

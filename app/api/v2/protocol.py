@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from app.api.numbers import NumberArray
 from app.dataplane import MAX_OFFSET, DataPlane
 from app.errors import InvalidInput, ModelNotFound, SessionNotFound, StoreUnavailable
 from app.inference.engine import Engine
@@ -100,6 +101,7 @@ _KIND = {
     str: "a string",
     dict: "an object",
     list: "a list",
+    NumberArray: "a list",  # a large JSON number array, read straight into float32
     type(None): "null",
 }
 
