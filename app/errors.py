@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("peephole.errors")
 
@@ -252,8 +253,29 @@ def classify(exc: Exception, method: str, path: str) -> PeepholeError:
     return status_error(500, "internal error")
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this path (Starlette's 405 names only the first
+    matching route's, so GET /v1/sessions/{id} would hide DELETE), and OPTIONS."""
+    routes = request.app.router.routes
+    allowed = {"OPTIONS"}
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in routes):
+            allowed.add(method)
+    return sorted(allowed)
+
+
 async def _handle(request: Request, exc: Exception) -> Response:
-    return error_response(request.scope["path"], classify(exc, request.method, request.url.path))
+    err = classify(exc, request.method, request.url.path)
+    if err.status_code == 405:
+        allow = ", ".join(allowed_methods(request))
+        if request.method == "OPTIONS":  # what may be sent here: the answer to OPTIONS
+            return Response(status_code=204, headers={"Allow": allow})
+        err.headers["Allow"] = allow
+    return error_response(request.scope["path"], err)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -22,7 +22,7 @@ from app.config import Settings
 from app.dataplane import DataPlane
 from app.edge.auth import AuthMiddleware
 from app.edge.fastpath import FastPath
-from app.edge.limits import BodyLimitMiddleware
+from app.edge.limits import BodyLimitMiddleware, InFlight
 from app.edge.metrics import MetricsMiddleware
 from app.errors import install_error_handlers
 from app.inference.batcher import BatchingRunner
@@ -148,7 +148,11 @@ def create_app(
     install_error_handlers(app)
     app.include_router(api_router)
     install_docs(app)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    # one budget of large bodies for HTTP (middleware and fast path) and WebSocket messages
+    app.state.inflight = InFlight(settings.inflight_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, inflight=app.state.inflight
+    )
     app.add_middleware(AuthMiddleware, keys=settings.api_keys)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.requests import HTTPConnection
 
-from app.api.wire import decode_json
+from app.api.wire import parse_json, request_body
 from app.config import Settings
 from app.dataplane import DataPlane
 from app.inference.control import ModelControl
@@ -31,8 +31,8 @@ def get_metrics(conn: HTTPConnection) -> Metrics:
 
 
 async def json_body(request: Request) -> Any:
-    """The body parsed by orjson (size already bounded by BodyLimitMiddleware)."""
-    return decode_json(await request.body())
+    """The body (read whole and bounded by the body middleware), parsed as JSON."""
+    return await parse_json(await request_body(request))
 
 
 DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]

@@ -31,10 +31,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.v1.predict import predict_body
 from app.api.v1.sessions import apply_steps
-from app.api.wire import decode_json
+from app.api.wire import parse_json
 from app.dataplane import DataPlane
 from app.edge.auth import AuthMiddleware, check_key
-from app.edge.limits import BodyLimitMiddleware, read_body
+from app.edge.limits import BodyLimitMiddleware, InFlight, held, read_body
 from app.edge.metrics import MetricsMiddleware
 from app.errors import classify, error_parts
 from app.metrics import Metrics
@@ -53,7 +53,7 @@ Handler = Callable[[DataPlane, list[str], Any], Awaitable[dict[str, Any]]]
 HONOURS: dict[type, str] = {
     MetricsMiddleware: "`Metrics.observe_request` by route template, around everything",
     AuthMiddleware: "`check_key`, before the body is read",
-    BodyLimitMiddleware: "`read_body` (limit declared and streamed, whole bodies only)",
+    BodyLimitMiddleware: "`read_body` (media type, limit, whole bodies only, InFlight)",
     ServerErrorMiddleware: "an unexpected error is logged and answered 500 (`classify`)",
     ExceptionMiddleware: "errors answered through `classify` and `error_parts`",
 }
@@ -114,11 +114,13 @@ def middleware_chain(stack: ASGIApp, end: ASGIApp) -> tuple[list[Any], bool]:
 class FastPath:
     """Answers the hot routes; `PeepholeAPI.__call__` asks it first, FastAPI gets the rest."""
 
-    def __init__(self, state: State, metrics: Metrics, keys: list[str], max_body: int) -> None:
+    def __init__(self, state: State, metrics: Metrics, keys: list[str], max_body: int,
+                 inflight: InFlight) -> None:  # fmt: skip
         self.state = state
         self.metrics = metrics
         self.keys = list(keys)
         self.max_body = max_body
+        self.inflight = inflight
 
     @classmethod
     def over(cls, app: FastAPI, stack: ASGIApp) -> FastPath | None:
@@ -140,11 +142,11 @@ class FastPath:
         try:
             metrics = by_type[MetricsMiddleware].metrics
             keys = by_type[AuthMiddleware].keys
-            limit = by_type[BodyLimitMiddleware].max
+            body = by_type[BodyLimitMiddleware]
         except KeyError as e:
             log.warning("fast path off: no %s on the stack", e.args[0].__name__)
             return None
-        return cls(app.state, metrics, keys, limit)
+        return cls(app.state, metrics, keys, body.max, body.inflight)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Serve the request if it is a hot route (True), else leave it alone (False)."""
@@ -163,14 +165,18 @@ class FastPath:
 
     async def _serve(self, dp: DataPlane, scope: Scope, receive: Receive, send: Send,
                      handler: Handler, params: list[str]) -> int:  # fmt: skip
+        body: bytes | bytearray = b""
         try:
-            check_key(scope, self.keys)
-            body = await read_body(scope, receive, self.max_body)
-            out = await handler(dp, params, decode_json(body))
-        except Exception as exc:
-            path = scope["path"]
-            return await _answer(send, *error_parts(path, classify(exc, "POST", path)))
-        return await _answer(send, 200, out)
+            try:
+                check_key(scope, self.keys)
+                body = await read_body(scope, receive, self.max_body, self.inflight)
+                out = await handler(dp, params, await parse_json(body))
+            except Exception as exc:
+                path = scope["path"]
+                return await _answer(send, *error_parts(path, classify(exc, "POST", path)))
+            return await _answer(send, 200, out)
+        finally:
+            self.inflight.give(held(body))
 
 
 async def _answer(send: Send, status: int, body: dict[str, Any],

@@ -10,7 +10,7 @@ from app.api.common import errors
 from app.api.deps import DataPlaneDep, JsonBody
 from app.api.v1 import codec
 from app.api.v1.schemas import PredictRequest, PredictResponse, request_body
-from app.api.wire import NumpyJSONResponse
+from app.api.wire import NumpyJSONResponse, check_response_size
 from app.dataplane import DataPlane
 
 router = APIRouter(prefix="/v1/models", tags=["predict"])
@@ -27,6 +27,14 @@ async def predict_body(dp: DataPlane, name: str, version: str | None, body: Any)
     req = PredictRequest.model_validate(body)
     s = dp.settings
     x, lengths = codec.ragged_batch(req.inputs, engine.input_size, s.max_batch_size, s.max_steps)
+    size = codec.answer_size(
+        engine,
+        lengths,
+        sequences_out=req.return_sequences,
+        state=req.return_state,
+        internals=req.return_internals,
+    )
+    check_response_size(size, s.max_response_bytes)
     states = codec.batch_states(req.state, engine.state_specs, len(lengths))
     r = await dp.predict(
         engine,

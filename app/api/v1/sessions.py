@@ -21,7 +21,7 @@ from app.api.v1.schemas import (
     StepResponse,
     request_body,
 )
-from app.api.wire import NumpyJSONResponse
+from app.api.wire import NumpyJSONResponse, check_response_size
 from app.dataplane import DataPlane, SessionExists, StepResult
 from app.errors import InvalidInput, SessionNotFound
 from app.inference.engine import Engine
@@ -62,10 +62,13 @@ async def apply_steps(dp: DataPlane, session_id: str, body: Any) -> dict[str, An
     The chunk is checked against the session's model inside its one store access.
     """
     req = StepRequest.model_validate(body)
-    max_steps = dp.settings.max_steps
+    s = dp.settings
 
     def parse(engine: Engine) -> np.ndarray:
-        return codec.sequence(req.inputs, engine.input_size, "inputs", max_steps)
+        x = codec.sequence(req.inputs, engine.input_size, "inputs", s.max_steps)
+        size = codec.answer_size(engine, np.array([len(x)]), internals=req.return_internals)
+        check_response_size(size, s.max_response_bytes)
+        return x
 
     r: StepResult = await dp.step_parsed(own(session_id), parse, req.offset, req.return_internals)
     out: dict[str, Any] = {

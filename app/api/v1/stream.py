@@ -9,7 +9,8 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from app.api.deps import DataPlaneDep
 from app.api.v1.sessions import apply_steps, own
-from app.api.wire import decode_json
+from app.api.wire import parse_json
+from app.edge.limits import LARGE_BODY, InFlight
 from app.errors import NotFound, PayloadTooLarge, PeepholeError, as_peephole, error_payload
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -32,6 +33,7 @@ async def stream(ws: WebSocket, session_id: str, dp: DataPlaneDep) -> None:
         return
     limit = dp.settings.max_body_bytes
     metrics = getattr(ws.app.state, "metrics", None)
+    inflight: InFlight | None = getattr(ws.app.state, "inflight", None)
     while True:
         try:
             message = await ws.receive()
@@ -42,10 +44,14 @@ async def stream(ws: WebSocket, session_id: str, dp: DataPlaneDep) -> None:
         data = message.get("text")
         if data is None:
             data = message.get("bytes") or b""
+        taken = 0  # a large message holds its size of InFlight until answered, as HTTP does
         try:
             if len(data) > limit:
                 raise PayloadTooLarge(f"message over the limit of {limit} bytes")
-            body = await apply_steps(dp, session_id, decode_json(data))
+            if inflight is not None and len(data) >= LARGE_BODY:
+                inflight.take(len(data))
+                taken = len(data)
+            body = await apply_steps(dp, session_id, await parse_json(data))
             status = 200
         except Exception as exc:
             err = as_peephole(exc)
@@ -58,6 +64,9 @@ async def stream(ws: WebSocket, session_id: str, dp: DataPlaneDep) -> None:
             await _send(ws, body)
         except WebSocketDisconnect:
             return
+        finally:
+            if inflight is not None:
+                inflight.give(taken)
         if status == 404:
             await ws.close(4404)
             return

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from app.api.numbers import NumberArray
+from app.api.wire import check_response_size, json_size
 from app.dataplane import MAX_OFFSET, DataPlane
 from app.errors import InvalidInput, ModelNotFound, SessionNotFound, StoreUnavailable
 from app.inference.engine import Engine
@@ -344,6 +345,27 @@ async def _start(
     return step.outputs[None], state, step.session.offset
 
 
+def answer_size(engine: Engine, x: np.ndarray, wanted: list[RequestedOutput]) -> int:
+    """An upper bound of the answer's size from the shapes alone: `y` [B, T, O] and the state
+    tensors, FP32_BYTES a number when sent as bytes (binary; gRPC's always are), at most
+    NUMBER_TEXT_BYTES as JSON."""
+    per = {"y": x.shape[1] * engine.output_size}
+    per.update({s.name: math.prod(s.shape) for s in engine.state_specs})
+    total = 1024
+    for o in wanted:
+        n = x.shape[0] * per.get(o.name, 0)
+        total += FP32_BYTES * n if o.binary else json_size(n, 0)
+    return total
+
+
+def check_limits(dp: DataPlane, engine: Engine, x: np.ndarray, wanted: list[RequestedOutput]
+                 ) -> None:  # fmt: skip
+    """Batch and steps (413 before a sequence takes a slot in the store), and the answer's
+    size (413 before anything runs)."""
+    dp.check_limits(x.shape[0], x.shape[1])
+    check_response_size(answer_size(engine, x, wanted), dp.settings.max_response_bytes)
+
+
 async def _continue(
     dp: DataPlane, name: str, version: str | None, req: InferRequest,
     resolved: Engine | ModelNotFound,
@@ -358,8 +380,9 @@ async def _continue(
     def parse(engine: Engine) -> np.ndarray:
         x, states = model_inputs(engine, req.inputs)
         _sequence_input(req, x, states)
-        seen.append((engine, requested_outputs(engine, req)))
-        dp.check_limits(1, x.shape[1])
+        wanted = requested_outputs(engine, req)
+        seen.append((engine, wanted))
+        check_limits(dp, engine, x, wanted)
         return x[0]
 
     try:
@@ -408,7 +431,7 @@ async def _infer(
     version the request's address names, None for the default)."""
     x, states = model_inputs(engine, req.inputs)
     wanted = requested_outputs(engine, req)
-    dp.check_limits(x.shape[0], x.shape[1])  # before a sequence takes a slot in the store
+    check_limits(dp, engine, x, wanted)
     params: dict[str, Any] = {}
     if req.sequence_id is None:
         if req.sequence_start or req.sequence_end:

@@ -9,6 +9,7 @@ store); the data plane does the work, exactly as for /v1. Errors are `{"error": 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ from fastapi.responses import Response
 from app.api.deps import DataPlaneDep
 from app.api.v2 import codec as v2codec
 from app.api.v2 import protocol
+from app.api.wire import SPLIT_BYTES, request_body
 from app.dataplane import DataPlane
 from app.errors import NotReady
 
@@ -202,9 +204,15 @@ async def model_version_ready(name: str, version: str, dp: DataPlaneDep) -> Resp
 async def _infer(request: Request, dp: DataPlane, name: str, version: str | None) -> Response:
     resolved = protocol.resolve(dp, name, version)
     body = v2codec.decompress(
-        await request.body(), request.headers.get("content-encoding"), dp.settings.max_body_bytes
+        await request_body(request),
+        request.headers.get("content-encoding"),
+        dp.settings.max_body_bytes,
     )
-    req = v2codec.decode_request(body, request.headers.get(HEADER_LENGTH))
+    head_length = request.headers.get(HEADER_LENGTH)
+    if len(body) < SPLIT_BYTES:
+        req = v2codec.decode_request(body, head_length)
+    else:  # off the event loop, as every large body is parsed
+        req = await asyncio.to_thread(v2codec.decode_request, body, head_length)
     engine, out = await protocol.run(dp, name, version, resolved, req)
     header: dict[str, Any] = {"model_name": engine.name, "model_version": str(engine.version)}
     if req.id:
