@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=256, ge=1)
     max_steps: int = Field(default=100000, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # The edge (docs/DESIGN.md, "Limits"): what one request or connection may cost.
+    max_response_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)  # estimated first; 413
+    max_inflight_bytes: int = Field(default=0, ge=0)  # large bodies at once; 503; 0 = 4 bodies
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)  # 431
+    header_timeout_seconds: float = Field(default=10.0, gt=0)  # request line + headers; 408
+    body_timeout_seconds: float = Field(default=30.0, gt=0)  # no body byte for this long; 408
+    keepalive_seconds: float = Field(default=5.0, gt=0)  # idle connection, also before a request
+    max_connections: int = Field(default=2048, ge=1)  # open connections; past it, 503 and close
     # Comma-separated in the environment; empty means no authentication.
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # gRPC (inference.GRPCInferenceService, health, reflection) beside HTTP; 0 turns it off.
@@ -173,7 +181,15 @@ class Settings(BaseSettings):
                 "PEEPHOLE_MODEL_CONTROL=explicit needs one worker process per server "
                 "(PEEPHOLE_WORKERS=1; scale with replicas), or use poll"
             )
+        if 0 < self.max_inflight_bytes < self.max_body_bytes:
+            raise ValueError("PEEPHOLE_MAX_INFLIGHT_BYTES is below PEEPHOLE_MAX_BODY_BYTES")
         return self
+
+    @property
+    def inflight_bytes(self) -> int:
+        """Bytes of large request bodies the process holds at once (PEEPHOLE_MAX_INFLIGHT_BYTES,
+        or four of the largest bodies when 0)."""
+        return self.max_inflight_bytes or 4 * self.max_body_bytes
 
     @property
     def worker_processes(self) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from app.edge.transport import CoalescingHttpToolsProtocol, CoalescingTransport
@@ -23,28 +23,37 @@ from app.edge.websocket import GracefulWebSocketProtocol
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# For each of our protocol subclasses: the uvicorn class, and the methods of it that we
+# The uvicorn classes our protocols subclass or drive, and the methods of each that we
 # override or whose behaviour we build on, fingerprinted (sha256 of the method's syntax
 # tree, first 8 hex digits). Identical in uvicorn 0.53 and 0.54 (pyproject's range). When a
-# uvicorn release changes one, this test fails: read the new method against our subclass,
-# adapt it, then record the new fingerprint and widen the range in pyproject.toml.
-RELIES_ON: dict[type, tuple[type, dict[str, str]]] = {
-    CoalescingHttpToolsProtocol: (
-        HttpToolsProtocol,
-        {
-            "connection_made": "52a70c67",  # sets self.transport and self.flow; we wrap the first
-            "handle_websocket_upgrade": "9f6222b9",  # hands self.transport to the WS protocol
-        },
-    ),
-    GracefulWebSocketProtocol: (
-        WebSocketsSansIOProtocol,
-        {
-            "__init__": "53b3a328",
-            "shutdown": "6b118962",  # closes with 1012 at once; we defer it
-            "receive": "5cbbc370",
-            "send": "9e36d71d",
-        },
-    ),
+# uvicorn release changes one, this test fails: read the new method against our code, adapt
+# it, then record the new fingerprint and widen the range in pyproject.toml.
+RELIES_ON: dict[type, dict[str, str]] = {
+    HttpToolsProtocol: {  # CoalescingHttpToolsProtocol: one write, connection limits
+        "__init__": "ef1b7c9c",
+        "connection_made": "52a70c67",  # sets self.transport and self.flow; we wrap the first
+        "data_received": "8583b7d5",
+        "on_message_begin": "4f7bac28",  # the phases that time a connection
+        "on_headers_complete": "f5d7f893",
+        "on_message_complete": "4ce97e51",
+        "on_response_complete": "3b835da5",
+        "handle_websocket_upgrade": "9f6222b9",  # hands self.transport to the WS protocol
+    },
+    RequestResponseCycle: {  # a stalled body: disconnected + message_event -> http.disconnect
+        "__init__": "6f7b16ad",
+        "receive": "5c6d69bd",
+        "send": "e4355b33",  # drops what the app sends once disconnected
+    },
+    WebSocketsSansIOProtocol: {  # GracefulWebSocketProtocol
+        "__init__": "53b3a328",
+        "shutdown": "6b118962",  # closes with 1012 at once; we defer it
+        "receive": "5cbbc370",
+        "send": "9e36d71d",
+    },
+}
+OURS = {
+    CoalescingHttpToolsProtocol: HttpToolsProtocol,
+    GracefulWebSocketProtocol: WebSocketsSansIOProtocol,
 }
 
 
@@ -53,13 +62,18 @@ def fingerprint(cls: type, name: str) -> str:
     return hashlib.sha256(ast.unparse(tree.body[0]).encode()).hexdigest()[:8]
 
 
-@pytest.mark.parametrize("ours", list(RELIES_ON), ids=lambda c: c.__name__)
-def test_uvicorn_internals_are_the_ones_checked(ours: type) -> None:
-    theirs, methods = RELIES_ON[ours]
-    assert issubclass(ours, theirs)
+@pytest.mark.parametrize("theirs", list(RELIES_ON), ids=lambda c: c.__name__)
+def test_uvicorn_internals_are_the_ones_checked(theirs: type) -> None:
+    methods = RELIES_ON[theirs]
     assert {n: fingerprint(theirs, n) for n in methods} == methods
+
+
+@pytest.mark.parametrize("ours", list(OURS), ids=lambda c: c.__name__)
+def test_every_override_is_fingerprinted(ours: type) -> None:
+    theirs = OURS[ours]
+    assert issubclass(ours, theirs)
     overridden = {n for n, v in vars(ours).items() if callable(v) and n in vars(theirs)}
-    assert overridden <= set(methods), f"overrides not fingerprinted: {overridden - set(methods)}"
+    assert overridden <= set(RELIES_ON[theirs]), overridden - set(RELIES_ON[theirs])
 
 
 def test_installed_uvicorn_is_in_the_declared_range() -> None:
