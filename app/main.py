@@ -11,18 +11,21 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.docs import install_docs
 from app.api.main import api_router
+from app.api.v1.schemas import limits_in_schema
 from app.api.wire import NumpyJSONResponse
 from app.config import Settings
 from app.dataplane import DataPlane
 from app.edge.auth import AuthMiddleware
 from app.edge.fastpath import FastPath
 from app.edge.limits import BodyLimitMiddleware, InFlight
+from app.edge.memory import return_large_blocks
 from app.edge.metrics import MetricsMiddleware
 from app.errors import install_error_handlers
 from app.inference.batcher import BatchingRunner
@@ -148,8 +151,20 @@ def create_app(
     install_error_handlers(app)
     app.include_router(api_router)
     install_docs(app)
+    documented = app.openapi
+
+    def openapi() -> dict[str, Any]:  # the settings' limits in the request schemas, once
+        first = app.openapi_schema is None
+        schema = documented()
+        if first:
+            s = settings
+            limits_in_schema(schema, s.max_batch_size, s.max_steps, s.max_ttl_seconds)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     # one budget of large bodies for HTTP (middleware and fast path) and WebSocket messages
     app.state.inflight = InFlight(settings.inflight_bytes)
+    return_large_blocks()
     app.add_middleware(
         BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, inflight=app.state.inflight
     )

@@ -15,8 +15,18 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, WithJs
 
 from app.dataplane import MAX_OFFSET
 
-_NUMBER_ROWS = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
-_NESTED = {"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "array"}]}}
+# What validation accepts, in JSON Schema: finite float32 numbers, no empty sequence or step.
+# (The widths and state shapes depend on the model; the batch and step limits and the TTL
+# range on the settings: `limits_in_schema` writes those in when the app is built.)
+FLOAT32_MAX = 3.4028234e38
+_NUMBER = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
+_STEP = {"type": "array", "items": _NUMBER, "minItems": 1}
+_NUMBER_ROWS = {"type": "array", "items": _STEP, "minItems": 1}
+_NESTED = {
+    "type": "array",
+    "items": {"anyOf": [_NUMBER, {"type": "array"}]},
+    "minItems": 1,
+}
 _STATE = {
     "type": "object",
     "additionalProperties": _NESTED,
@@ -145,7 +155,12 @@ class SessionCreate(_Request):
     model_config = ConfigDict(
         extra="forbid",
         strict=True,
-        json_schema_extra={"examples": [{"model": "mackey-glass", "ttl_seconds": 600}]},
+        json_schema_extra={
+            "examples": [{"model": "mackey-glass", "ttl_seconds": 600}],
+            # an offset only restores a state: with an offset, a state is required
+            "if": {"required": ["offset"], "properties": {"offset": {"type": "integer"}}},
+            "then": {"required": ["state"], "properties": {"state": {"type": "object"}}},
+        },
     )
 
     model: str = Field(min_length=1, max_length=64)
@@ -214,3 +229,23 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
             "content": {"application/json": {"schema": schema}},
         }
     }
+
+
+def limits_in_schema(schema: dict[str, Any], max_batch: int, max_steps: int, max_ttl: int) -> None:
+    """Write the limits of the settings into the request bodies of an OpenAPI schema."""
+    for item in schema.get("paths", {}).values():
+        for op in item.values():
+            body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+            model = body.get("schema", {})
+            props = model.get("properties", {})
+            if model.get("title") == "PredictRequest":
+                props["inputs"] = {**props["inputs"], "maxItems": max_batch}
+                props["inputs"]["items"] = {**props["inputs"]["items"], "maxItems": max_steps}
+            elif model.get("title") == "StepRequest":
+                props["inputs"] = {**props["inputs"], "maxItems": max_steps}
+            elif model.get("title") == "SessionCreate":
+                ttl = props["ttl_seconds"]
+                ttl["anyOf"] = [
+                    {**t, "maximum": max_ttl} if t.get("type") == "integer" else t
+                    for t in ttl.get("anyOf", [])
+                ]
