@@ -28,6 +28,12 @@ log = logging.getLogger("peephole.engine")
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 INTERNALS = ("cell_states", "cell_outputs", "gates")
+# Batch x time steps per ONNX Runtime call. ONNX Runtime's working memory grows with both
+# (the LSTM kernel keeps every step's gates); a longer run goes in time segments, carrying the
+# state, and gives its memory back after each one (arena shrinkage). Runs below stay one call.
+RUN_BATCH_STEPS = 16384
+_SHRINK = ort.RunOptions()
+_SHRINK.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
 class EngineError(Exception):
@@ -188,7 +194,8 @@ class Engine:
         names = self._lean_outputs if not extra_outputs else [*self._lean_outputs, *extra_outputs]
         # Plain `run` with numpy feeds: inputs are wrapped without a copy, and on the CPU it
         # measured cheaper than IO binding or prebuilt OrtValues for these small runs.
-        outputs: list[np.ndarray] = sess.run(names, feeds)
+        big = x.shape[0] * x.shape[1] > RUN_BATCH_STEPS // 2
+        outputs: list[np.ndarray] = sess.run(names, feeds, _SHRINK if big else None)
         return outputs
 
     def run(
@@ -208,12 +215,15 @@ class Engine:
                 raise EngineError("this model has no internals graph")
             sess, extra = self._internals, list(INTERNALS)
         n_state = len(self.state_specs)
-        if lengths is None or bool(np.all(lengths == T)):
+        span = max(1, RUN_BATCH_STEPS // B)  # time steps per call
+        if (lengths is None or bool(np.all(lengths == T))) and span >= T:
             out = self._call(sess, x, states, extra)
             new = {s.name: out[1 + i] for i, s in enumerate(self.state_specs)}
             ints = dict(zip(INTERNALS, out[1 + n_state :], strict=True)) if internals else None
             return EngineResult(out[0], new, ints)
-        return self._run_segments(sess, x, states, lengths, extra)
+        if lengths is None:
+            lengths = np.full(B, T, np.int64)
+        return self._run_segments(sess, x, states, lengths, extra, span)
 
     def _run_segments(
         self,
@@ -222,6 +232,7 @@ class Engine:
         states: Mapping[str, np.ndarray],
         lengths: np.ndarray,
         extra: list[str],
+        span: int,
     ) -> EngineResult:
         B, T, _ = x.shape
         n_state = len(self.state_specs)
@@ -229,7 +240,8 @@ class Engine:
         cur = {k: np.array(v, np.float32, copy=True) for k, v in states.items()}
         ints: dict[str, np.ndarray] | None = None
         start = 0
-        for end in np.unique(lengths):
+        # segments end where a sequence ends, and at least every `span` steps
+        for end in np.union1d(np.unique(lengths), np.arange(span, T, span)):
             end = int(end)
             active = np.nonzero(lengths >= end)[0]  # still running through [start, end)
             everyone = len(active) == B
