@@ -134,7 +134,9 @@ def read_array(text: memoryview) -> NumberArray | None:
     deepest = 0
     carried = np.zeros(MAX_DEPTH + 2, np.int64)  # commas so far in the open list at level k
     builders = [_LevelBuilder() for _ in range(MAX_DEPTH + 1)]
-    values: list[np.ndarray] = []
+    # at most one number per two bytes; pages past the last number are never touched
+    values = np.empty(n // 2 + 1, np.float32)
+    count = 0
     finite = True
     start = 0
     while start < n:
@@ -196,15 +198,15 @@ def read_array(text: memoryview) -> NumberArray | None:
                 return None
             finite = finite and bool(np.abs(wide).max() < FLOAT32_LIMIT)
             with np.errstate(over="ignore"):  # refused by the codecs when not `finite`
-                values.append(wide.astype(np.float32))
+                values[count : count + wide.size] = wide
+            count += wide.size
             del wide
         depth, last = int(d[-1]), int(kinds[-1])
         start = end
     if not leaf or leaf != deepest or depth != 0:
         return None
-    data = np.concatenate(values) if len(values) != 1 else values[0]
     levels = [builders[k].level() for k in range(1, leaf + 1)]
-    return NumberArray(data, leaf, levels, finite, n)
+    return NumberArray(values[:count], leaf, levels, finite, n)
 
 
 @dataclass(slots=True)

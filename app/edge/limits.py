@@ -14,20 +14,19 @@ ever sees a body past the limit or a partial one.
   from their first byte until their answer is sent; past it, 503 with Retry-After. Parsing
   costs a small multiple of a body (docs/PERFORMANCE.md), so this bounds the memory of
   large requests together; small ones (steps, health) never wait for it. When the last large
-  request is done, the allocator is asked to give freed memory back to the system.
+  request is done, the allocator is asked to give freed memory back (app/edge/memory.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.wire import BODY_KEY
+from app.edge.memory import trimmer
 from app.errors import PayloadTooLarge, PeepholeError, error_response
 
 log = logging.getLogger("peephole.edge")
@@ -92,7 +91,7 @@ class InFlight:
     def __init__(self, limit: int, trim: Callable[[], object] | None = None) -> None:
         self.limit = limit
         self.used = 0
-        self._trim = trim if trim is not None else _malloc_trim()
+        self._trim = trim if trim is not None else trimmer()
 
     def take(self, n: int) -> None:
         if self.used + n > self.limit:
@@ -111,19 +110,6 @@ class InFlight:
                 asyncio.get_running_loop().run_in_executor(None, self._trim)
             except RuntimeError:  # no loop: trim at once
                 self._trim()
-
-
-def _malloc_trim() -> Callable[[], object] | None:
-    """glibc's malloc_trim(0): give the freed pages of every arena back to the system."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        trim = libc.malloc_trim if libc is not None else None
-    except (OSError, AttributeError):
-        return None
-    if trim is None:
-        return None
-    return lambda: trim(0)
 
 
 def _gone(scope: Scope, size: int, declared: int | None) -> BodyIncomplete:

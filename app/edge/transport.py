@@ -162,8 +162,9 @@ class ConnectionLimits:
         )
 
 
-# What a connection is doing, for its timeouts.
-IDLE, HEAD, BODY, APP = range(4)
+# What a connection is doing, for its timeouts (DRAIN: refused, reading what is still coming).
+IDLE, HEAD, BODY, APP, DRAIN = range(5)
+LINGER_SECONDS = 1.0
 
 
 class _Watch:
@@ -215,11 +216,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if phase == BODY:
             self.since = self.loop.time()
         elif phase != APP:  # headers may be in this chunk: bound them before parsing
+            if phase == DRAIN:
+                return
             before = self.head_bytes if phase == HEAD else 0
             if before + len(data) > self.limits.max_header_bytes:
                 end = data.find(b"\r\n\r\n")
                 if before + (end if end >= 0 else len(data)) > self.limits.max_header_bytes:
-                    self.refuse(431, f"request headers over {self.limits.max_header_bytes} bytes")
+                    detail = f"request headers over {self.limits.max_header_bytes} bytes"
+                    self.refuse(431, detail, linger=True)
                     return
             super().data_received(data)
             if self.phase == HEAD:  # still in the headers after this chunk
@@ -256,7 +260,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     def check(self, now: float) -> None:
         """Called by the server's timer: end a connection past its phase's limit."""
-        if self.transport.is_closing() or self.phase == APP:
+        if self.transport.is_closing() or self.phase in (APP, DRAIN):
             return
         waited, lim = now - self.since, self.limits
         if self.phase == IDLE and waited > lim.idle_timeout:
@@ -269,9 +273,15 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
                 self.cycle.message_event.set()
             self.refuse(408, f"no request body byte for {lim.body_timeout:g} s")
 
-    def refuse(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
-        """Answer `status` and close, or only close when an answer is already on its way."""
-        self.phase = APP
+    def refuse(
+        self, status: int, detail: str, headers: dict[str, str] | None = None, linger: bool = False
+    ) -> None:
+        """Answer `status` and close, or only close when an answer is already on its way.
+
+        `linger`: the client is still sending, and closing with its bytes unread would reset
+        the connection before it reads the answer; so the answer ends our side (FIN), what
+        still comes is read and dropped, and the connection closes LINGER_SECONDS later."""
+        self.phase = DRAIN if linger else APP
         busy = self.cycle is not None and self.cycle.response_started
         if not busy and not self.transport.is_closing():
             url: bytes = getattr(self, "url", b"")
@@ -283,4 +293,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
                 head.append(f"{name.lower()}: {value}\r\n".encode("latin-1"))
             self.transport.write(b"".join([*head, b"connection: close\r\n\r\n", data]))
             log.info("%d %s", code, detail)
+        if linger and self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.close)
+            return
         self.transport.close()
