@@ -167,23 +167,27 @@ def counts(statuses: list[int]) -> str:
 
 
 async def hold(port: int, n: int, payload: bytes, seconds: float) -> list[int]:
-    """n connections that send `payload` and wait; the status each gets (0: closed silently)."""
+    """n connections that send `payload` (reading meanwhile, as a browser does) and wait;
+    the status each gets (0: closed without an answer, -2: still open at the end)."""
+
+    async def send(writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):  # the server may stop reading and answer
+            writer.write(payload)
+            await writer.drain()
 
     async def one() -> int:
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
             return -1
+        sending = asyncio.create_task(send(writer))
         try:
-            if payload:
-                writer.write(payload)
-                with contextlib.suppress(OSError):  # the server stopped reading; its answer
-                    await writer.drain()  # may still be there to read
             line = await asyncio.wait_for(reader.readline(), seconds)
             return int(line.split()[1]) if line else 0
         except (TimeoutError, OSError, IndexError, ValueError):
-            return -2  # still open when the case ended
+            return -2
         finally:
+            sending.cancel()
             writer.close()
 
     return list(await asyncio.gather(*(one() for _ in range(n))))

@@ -25,7 +25,7 @@ import numpy as np
 import orjson
 
 MIN_SPAN = 32 * 1024  # smaller arrays cost little as Python objects: orjson keeps them
-CHUNK = 1 << 20  # bytes of array text read at a time (bounds the temporaries)
+CHUNK = 256 * 1024  # bytes of array text read at a time (bounds the temporaries)
 MAX_DEPTH = 32  # deeper nesting is no tensor of ours: left to orjson
 # Float64 values that round to a finite float32: below 2**128 * (1 - 2**-25).
 FLOAT32_LIMIT = 2.0**128 * (1 - 2.0**-25)

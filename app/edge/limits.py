@@ -62,19 +62,22 @@ def too_large(limit: int) -> PayloadTooLarge:
     )
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
+def _length_and_type(scope: Scope) -> tuple[bytes | None, bytes | None]:
+    """Content-Length and Content-Type, in one look at the headers."""
+    length = kind = None
     for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
+        if key == b"content-length":
+            length = value
+        elif key == b"content-type":
+            kind = value
+    return length, kind
 
 
-def check_media_type(scope: Scope) -> None:
+def check_media_type(scope: Scope, declared: bytes | None) -> None:
     """415 for a /v1 body that says it is not JSON (no Content-Type is taken as JSON)."""
-    if scope["method"] not in _BODY_METHODS or not scope["path"].startswith("/v1/"):
+    if declared is None or declared == b"application/json" or not scope["path"].startswith("/v1/"):
         return
-    declared = _header(scope, b"content-type")
-    if declared is None:
+    if scope["method"] not in _BODY_METHODS:
         return
     kind = declared.split(b";", 1)[0].strip().lower()
     if kind == b"application/json" or (kind.startswith(b"application/") and kind[-5:] == b"+json"):
@@ -125,8 +128,8 @@ async def read_body(
     """The whole body of an HTTP request, or the error that stops it (415, 413, 503, or
     BodyIncomplete). A large body holds `len(body)` of `inflight`: give it back after the
     answer (`inflight.give(held(body))`)."""
-    check_media_type(scope)
-    raw = _header(scope, b"content-length")
+    raw, media_type = _length_and_type(scope)
+    check_media_type(scope, media_type)
     declared = int(raw) if raw is not None and raw.isdigit() else None
     if declared is not None and declared > limit:
         raise too_large(limit)

@@ -233,15 +233,16 @@ def batch_states(
 
 def answer_size(
     engine: Engine,
-    lengths: np.ndarray,
+    batch: int,
+    steps: int,
     *,
     sequences_out: bool = True,
     state: bool = False,
     internals: bool = False,
 ) -> int:
-    """An upper bound of the JSON answer for sequences of these lengths (app/api/wire.py's
-    `json_size` per number), from the shapes alone: checked before anything runs."""
-    batch, steps = len(lengths), int(lengths.sum())
+    """An upper bound of the JSON answer for `batch` sequences of `steps` steps in all
+    (app/api/wire.py's `json_size` per number), from the shapes alone: checked before
+    anything runs."""
     rows = steps if sequences_out else batch
     numbers, lists = rows * engine.output_size, rows + batch
     if state:

@@ -29,7 +29,8 @@ async def predict_body(dp: DataPlane, name: str, version: str | None, body: Any)
     x, lengths = codec.ragged_batch(req.inputs, engine.input_size, s.max_batch_size, s.max_steps)
     size = codec.answer_size(
         engine,
-        lengths,
+        len(lengths),
+        int(lengths.sum()),
         sequences_out=req.return_sequences,
         state=req.return_state,
         internals=req.return_internals,

@@ -66,7 +66,7 @@ async def apply_steps(dp: DataPlane, session_id: str, body: Any) -> dict[str, An
 
     def parse(engine: Engine) -> np.ndarray:
         x = codec.sequence(req.inputs, engine.input_size, "inputs", s.max_steps)
-        size = codec.answer_size(engine, np.array([len(x)]), internals=req.return_internals)
+        size = codec.answer_size(engine, 1, len(x), internals=req.return_internals)
         check_response_size(size, s.max_response_bytes)
         return x
 
