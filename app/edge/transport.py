@@ -29,16 +29,19 @@ import resource
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from app.config import Settings
-from app.errors import error_parts, status_error
+if TYPE_CHECKING:
+    from app.config import Settings
 
 log = logging.getLogger("peephole.edge")
+# This module stays light to import: uvicorn's worker processes import it while they unpickle
+# their configuration, before they answer the supervisor's health pings (5 s). What a refusal
+# needs from the app (its error wording) is imported when one is written.
 
 
 class CoalescingTransport(asyncio.Transport):
@@ -284,6 +287,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         self.phase = DRAIN if linger else APP
         busy = self.cycle is not None and self.cycle.response_started
         if not busy and not self.transport.is_closing():
+            from app.errors import error_parts, status_error
+
             url: bytes = getattr(self, "url", b"")
             path = url.split(b"?", 1)[0].decode("latin-1")
             code, body, extra = error_parts(path, status_error(status, detail), headers)

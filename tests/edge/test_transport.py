@@ -7,6 +7,8 @@ import ast
 import asyncio
 import hashlib
 import inspect
+import subprocess
+import sys
 import textwrap
 import tomllib
 from importlib.metadata import version
@@ -117,3 +119,16 @@ def test_writes_of_one_iteration_go_out_as_one() -> None:
 
     raw = asyncio.run(run())
     assert raw.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"next"] and raw.closed
+
+
+def test_the_protocols_are_light_to_import() -> None:
+    """uvicorn's worker processes import them while unpickling their configuration, before
+    they answer the supervisor's health pings: fastapi or pydantic there made workers miss
+    the pings on a loaded box and get killed as hung."""
+    code = (
+        "import sys, app.edge.transport, app.edge.websocket; "
+        "heavy = {'fastapi', 'pydantic', 'app.config', 'app.errors'} & set(sys.modules); "
+        "print(', '.join(sorted(heavy))); sys.exit(1 if heavy else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
