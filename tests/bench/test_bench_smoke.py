@@ -67,3 +67,21 @@ def test_batching_bench_quick() -> None:
 def test_million_bench_quick() -> None:
     out = _run(sys.executable, "bench/million.py", "--quick", "--parts", "size,gather")
     assert "bytes per session" in out and "ratio" in out and "batcher's own share" in out
+
+
+def test_attacks_quick() -> None:
+    """Each attack meets its refusal (the --quick run scales the limits to its small loads):
+    431, 408, 503 for bodies at once and past the connection bound, 413 for internals."""
+    out = _run(sys.executable, "bench/attacks.py", "--quick", timeout=240)
+    cells = [ln.split(" | ") for ln in out.splitlines() if ln.startswith("| ") and "---" not in ln]
+    answers = [(c[0][2:], c[1]) for c in cells[1:] if len(c) == 7]
+    assert len(answers) == 11, out
+    routes = ("/v1 predict", "/v1 steps", "/v2 JSON", "/v2 binary", "WebSocket")
+    assert all(a == "200" for case, a in answers if case.startswith(routes)), out
+    got = {case.split(" (")[0]: a for case, a in answers if not case.startswith(routes)}
+    assert "x 200" in got["8 of the zeros predicts at once"], out
+    assert "x 503" in got["8 of the zeros predicts at once"], out
+    assert got["predict with internals"] == "413", out
+    assert got["4 MB header"] == "1 x 431", out
+    assert "x 503" in got["100 connections that send nothing"], out
+    assert got["50 bodies that stall"] == "50 x 408", out
