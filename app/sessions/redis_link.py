@@ -290,7 +290,7 @@ def make_link(settings: Settings) -> Link:
         }
         if kw.pop("connection_class", None) is not None:  # rediss://: TLS to the master
             kw["ssl"] = True
-        sentinel = Sentinel(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
             [_address(a) for a in settings.redis_sentinels],
             sentinel_kwargs={
                 "socket_connect_timeout": settings.redis_timeout_seconds,

@@ -13,6 +13,7 @@ connections (sessions live in a shared store then).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -32,7 +33,7 @@ from app.metrics import Metrics
 log = logging.getLogger("peephole.grpc")
 
 
-def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
+def method_handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
     """Every RPC of the service, from its descriptor, as the generated `add_..._to_server`
     would register them, except that a request that is not valid protobuf reaches the
     servicer as `codec.Malformed` (answered INVALID_ARGUMENT, a stream stays open), and an
@@ -58,7 +59,7 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
     """Every service this server offers, for reflection (ours live in a pool of their own)."""
     pool = descriptor_pool.DescriptorPool()
     for module in (mc, pb, health_pb2, reflection_pb2):
-        pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+        pool.AddSerializedFile(module.DESCRIPTOR.serialized_pb)  # type: ignore[no-untyped-call]
     return pool
 
 

@@ -37,7 +37,7 @@ log = logging.getLogger("peephole.grpc")
 SERVICE = "inference.GRPCInferenceService"
 _OK = grpc.StatusCode.OK
 R = TypeVar("R")
-Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 class Meter:
@@ -78,7 +78,7 @@ def _unary(method: str, *, open_: bool = False) -> Callable[[Handler], Handler]:
 
     def wrap(fn: Handler) -> Handler:
         async def rpc(self: InferenceServicer, request: Any,
-                      context: grpc.aio.ServicerContext) -> Any:  # fmt: skip
+                      context: grpc.aio.ServicerContext[Any, Any]) -> Any:  # fmt: skip
             t0 = time.perf_counter()
             code = _OK
             try:
@@ -117,7 +117,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- shared --------------------------------------------------------------------------
 
-    def authorize(self, context: grpc.aio.ServicerContext) -> None:
+    def authorize(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """PEEPHOLE_API_KEYS: `authorization: Bearer <key>` in the call's metadata."""
         if not self.keys:
             return

@@ -40,7 +40,7 @@ async def answer_stream(answer: Answer, order_key: OrderKey,
         finally:
             slots.release()
             task = asyncio.current_task()
-            running.discard(task)  # type: ignore[arg-type]
+            running.discard(task)
             if key is not None and tails.get(key) is task:
                 del tails[key]
 
