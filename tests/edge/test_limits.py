@@ -15,10 +15,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import httpx
+import numpy as np
 import pytest
 
-from tests.live import LiveServer, make_settings
+from app.api.grpc._proto import grpc_service_pb2 as pb
+from app.api.grpc._proto import grpc_service_pb2_grpc as pb_grpc
+from tests.live import LiveServer, free_port, make_settings
 from tests.repo import LNSC, PLAIN, RepoModels, new_session
 
 TIMEOUT = 0.6  # header, body and idle timeouts of the server under test
@@ -36,6 +40,7 @@ def edge(models: RepoModels) -> Iterator[LiveServer]:
         max_body_bytes=1 << 20,
         max_inflight_bytes=1 << 20,
         max_response_bytes=200_000,
+        grpc_port=free_port(),
     )
     with LiveServer(settings, transport="production") as s:
         yield s
@@ -285,6 +290,25 @@ def test_response_size_is_checked_before_running(edge: LiveServer) -> None:
         r = c.post(f"/v2/models/{LNSC}/infer", content=head + bytes(240000),
                    headers={"Inference-Header-Content-Length": str(len(head))})  # fmt: skip
         assert r.status_code == 413 and "PEEPHOLE_MAX_RESPONSE_BYTES" in r.json()["error"]
+    # gRPC sends raw bytes, 4 a number: 20,000 steps of 2 outputs fit, 30,000 do not
+    assert edge.grpc_target is not None
+    with grpc.insecure_channel(edge.grpc_target) as channel:
+        infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        for outputs in ([], ["y"]):  # every output, or those asked for
+            assert infer(grpc_request(np.zeros((1, 20_000, 3), np.float32), outputs)).outputs
+        with pytest.raises(grpc.RpcError) as e:
+            infer(grpc_request(np.zeros((1, 30_000, 3), np.float32)))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "PEEPHOLE_MAX_RESPONSE_BYTES" in (e.value.details() or "")
+
+
+def grpc_request(x: np.ndarray, outputs: list[str] | None = None) -> pb.ModelInferRequest:
+    r = pb.ModelInferRequest(model_name=LNSC)
+    r.inputs.add(name="x", datatype="FP32", shape=x.shape)
+    for name in outputs or []:
+        r.outputs.add(name=name)
+    r.raw_input_contents.append(x.astype("<f4").tobytes())
+    return r
 
 
 def test_allow_on_405_and_options(edge: LiveServer) -> None:

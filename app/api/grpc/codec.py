@@ -154,7 +154,11 @@ def decode_request(req: Any) -> InferRequest:
     outputs: list[RequestedOutput] | None = None
     if req.outputs:
         seen: set[str] = set()
-        outputs = [requested_output(o.name, parameters(o.parameters), seen) for o in req.outputs]
+        # binary: gRPC carries every tensor as raw bytes (this sizes the answer, protocol.py)
+        outputs = [
+            requested_output(o.name, parameters(o.parameters), seen, binary=True)
+            for o in req.outputs
+        ]
     return infer_request(req.id or None, inputs, outputs, True, parameters(req.parameters, _KNOWN))
 
 

@@ -68,7 +68,7 @@ DATATYPES = frozenset(
 @dataclass(slots=True)
 class RequestedOutput:
     name: str
-    binary: bool = False  # REST's binary tensor data extension; gRPC always sends raw bytes
+    binary: bool = False  # as bytes: REST's binary tensor data extension; gRPC: always
 
 
 @dataclass(slots=True)
