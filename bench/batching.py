@@ -126,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                 _, lat, _ = asyncio.run(run(repo, model, size, wait, 1, args.calls))
                 lone[label] = statistics.median(lat) * 1e6
             base = lone["unbatched"]
-            print(f"{model}: lone client, median latency per call: "
-                  + ", ".join(f"{k} {v:.0f} us ({v / base:.2f}x)" for k, v in lone.items()))
+            print(
+                f"{model}: lone client, median latency per call: "
+                + ", ".join(f"{k} {v:.0f} us ({v / base:.2f}x)" for k, v in lone.items())
+            )
     return 0
 
 

@@ -32,9 +32,19 @@ sys.path.insert(0, str(ROOT))
 from app.config import Settings  # noqa: E402  (the repository root is on the path now)
 from app.main import create_app  # noqa: E402
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1400,1000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--window-size=1400,1000",
+]
 
 
 def serve(repo: Path) -> tuple[uvicorn.Server, str]:
@@ -64,11 +74,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=Path, default=ROOT / "models")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "ui.png")
-    ap.add_argument("--model", default="trace-conditioning",
-                    help="trace-conditioning, or rivest2010 (its TD error panel too)")
+    ap.add_argument(
+        "--model",
+        default="trace-conditioning",
+        help="trace-conditioning, or rivest2010 (its TD error panel too)",
+    )
     ap.add_argument("--trials", type=int, default=1, help="normal trials before the last one")
-    ap.add_argument("--last", default="normal",
-                    choices=["normal", "probe500", "probe1500", "omission"])
+    ap.add_argument(
+        "--last", default="normal", choices=["normal", "probe500", "probe1500", "omission"]
+    )
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
 

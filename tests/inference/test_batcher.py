@@ -60,10 +60,14 @@ def _calls(engine: Engine, rng: np.random.Generator, n: int) -> list[tuple]:
                 x[b, :t] = rng.standard_normal((t, engine.input_size))
             calls.append((x, None, lengths))
         elif kind == 1:  # whole sequences of one length from zero state
-            x = rng.standard_normal((2, int(rng.integers(1, 20)), engine.input_size)).astype(np.float32)
+            x = rng.standard_normal((2, int(rng.integers(1, 20)), engine.input_size)).astype(
+                np.float32
+            )
             calls.append((x, None, None))
         else:  # one session step from a state (as DataPlane.step calls it)
-            x = rng.standard_normal((1, int(rng.integers(1, 3)), engine.input_size)).astype(np.float32)
+            x = rng.standard_normal((1, int(rng.integers(1, 3)), engine.input_size)).astype(
+                np.float32
+            )
             st = {k: rng.standard_normal(v.shape).astype(np.float32)
                   for k, v in engine.initial_state(1).items()}  # fmt: skip
             calls.append((x, st, None))

@@ -35,8 +35,9 @@ def _load(name: str) -> tuple[ModelCard, ort.InferenceSession]:
     assert card.onnx.sha256 == sha256_file(vdir / "model.onnx")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    return card, ort.InferenceSession(str(vdir / "model.onnx"), opts,
-                                      providers=["CPUExecutionProvider"])
+    return card, ort.InferenceSession(
+        str(vdir / "model.onnx"), opts, providers=["CPUExecutionProvider"]
+    )
 
 
 def _run(card: ModelCard, sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:

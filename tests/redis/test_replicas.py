@@ -19,8 +19,14 @@ pytestmark = pytest.mark.redis
 RNG = np.random.default_rng(11)
 
 
-def predict(client: httpx.Client, x: np.ndarray, state: dict | None = None) -> tuple[np.ndarray, dict]:
-    body = {"inputs": [x.tolist()], "return_state": True, "state": None if state is None else [state]}
+def predict(
+    client: httpx.Client, x: np.ndarray, state: dict | None = None
+) -> tuple[np.ndarray, dict]:
+    body = {
+        "inputs": [x.tolist()],
+        "return_state": True,
+        "state": None if state is None else [state],
+    }
     r = client.post(f"/v1/models/{MODEL}/predict", json=body)
     assert r.status_code == 200, r.text
     return np.asarray(r.json()["outputs"][0]), r.json()["state"][0]
@@ -32,7 +38,9 @@ def create(client: httpx.Client, **kw: object) -> str:
     return str(r.json()["session_id"])
 
 
-def step(client: httpx.Client, sid: str, x: np.ndarray, offset: int | None = None) -> httpx.Response:
+def step(
+    client: httpx.Client, sid: str, x: np.ndarray, offset: int | None = None
+) -> httpx.Response:
     body: dict[str, object] = {"inputs": x.tolist()}
     if offset is not None:
         body["offset"] = offset
@@ -157,7 +165,9 @@ def test_capacity_and_expiry_are_shared(repo: Path, redis_server: RedisServer) -
             p.stop()
 
 
-def test_redis_outage_is_503_and_recovers(replicas: list[Replica], redis_server: RedisServer) -> None:
+def test_redis_outage_is_503_and_recovers(
+    replicas: list[Replica], redis_server: RedisServer
+) -> None:
     a, b = (r.client() for r in replicas)
     sid = create(a)
     x = RNG.normal(size=(4, 2)).astype(np.float32)
@@ -173,7 +183,10 @@ def test_redis_outage_is_503_and_recovers(replicas: list[Replica], redis_server:
                 assert r.status_code == 503, r.text
                 assert "detail" in r.json()
             # Prediction needs no session store and goes on.
-            assert c.post(f"/v1/models/{MODEL}/predict", json={"inputs": [x.tolist()]}).status_code == 200
+            assert (
+                c.post(f"/v1/models/{MODEL}/predict", json={"inputs": [x.tolist()]}).status_code
+                == 200
+            )
     finally:
         redis_server.start()
     deadline = time.monotonic() + 10

@@ -52,14 +52,39 @@ def ui_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Untrained models with the shipped models' tasks and shapes: trace conditioning (2 blocks
     x 2 cells, internals) and Mackey-Glass (linear output, no internals graph)."""
     repo = tmp_path_factory.mktemp("ui-models")
-    trace = PeepholeConfig(input_size=2, output_size=1, blocks=2, cells_per_block=2,
-                           output_activation="logistic", init_range=1.0)
-    export(repo, TRACE, trace, seed=5, version=1, task=TRACE, input_names=["cs", "us"],
-           output_names=["us_next"], encoding={"step_ms": 200})
-    mg = PeepholeConfig(input_size=1, output_size=1, blocks=3, output_activation="linear",
-                        g="tanh", h="tanh")
-    export(repo, MG, mg, seed=6, version=1, task=MG, input_names=["x"],
-           output_names=["x_next"], internals=False)
+    trace = PeepholeConfig(
+        input_size=2,
+        output_size=1,
+        blocks=2,
+        cells_per_block=2,
+        output_activation="logistic",
+        init_range=1.0,
+    )
+    export(
+        repo,
+        TRACE,
+        trace,
+        seed=5,
+        version=1,
+        task=TRACE,
+        input_names=["cs", "us"],
+        output_names=["us_next"],
+        encoding={"step_ms": 200},
+    )
+    mg = PeepholeConfig(
+        input_size=1, output_size=1, blocks=3, output_activation="linear", g="tanh", h="tanh"
+    )
+    export(
+        repo,
+        MG,
+        mg,
+        seed=6,
+        version=1,
+        task=MG,
+        input_names=["x"],
+        output_names=["x_next"],
+        internals=False,
+    )
     export_rivest(repo)
     return repo
 
@@ -76,8 +101,15 @@ def export_rivest(repo: Path) -> None:
     rng = np.random.default_rng(0)
     for _ in range(3):
         nets.block(*stack([training_block(rng)]))
-    export_network(repo, nets.dims, nets.theta[0], nets.w_critic[0], 0.98,
-                   {"task": RIVEST, "seed": 0, "data": {}}, version=1)
+    export_network(
+        repo,
+        nets.dims,
+        nets.theta[0],
+        nets.w_critic[0],
+        0.98,
+        {"task": RIVEST, "seed": 0, "data": {}},
+        version=1,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -47,8 +47,11 @@ def torch_internals(
     xt = torch.tensor(x, dtype=torch.float64)[None]
     if name == PLAIN:  # v2 bakes this normalisation into its graphs
         xt = (xt - torch.tensor(PLAIN_NORM["input_mean"])) / torch.tensor(PLAIN_NORM["input_std"])
-    st = None if state is None else {
-        k: torch.tensor(np.asarray(v, np.float64))[None] for k, v in state.items()}
+    st = (
+        None
+        if state is None
+        else {k: torch.tensor(np.asarray(v, np.float64))[None] for k, v in state.items()}
+    )
     with torch.no_grad():
         y, _, ints = module(xt, st, return_internals=True)
     if name == PLAIN:
@@ -66,8 +69,9 @@ def assert_internals(got: dict[str, Any], want: dict[str, Any], atol: float = 1e
         np.testing.assert_allclose(np.asarray(got[k]), want[k], atol=atol, rtol=0, err_msg=k)
     assert set(got["gates"]) == set(GATES)
     for g in GATES:
-        np.testing.assert_allclose(np.asarray(got["gates"][g]), want["gates"][g], atol=atol,
-                                   rtol=0, err_msg=g)
+        np.testing.assert_allclose(
+            np.asarray(got["gates"][g]), want["gates"][g], atol=atol, rtol=0, err_msg=g
+        )
 
 
 def random_state(name: str, models: RepoModels) -> dict[str, Any]:
@@ -83,12 +87,17 @@ def random_state(name: str, models: RepoModels) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("name", [PLAIN, LNSC])
-def test_predict_internals_equal_the_module(client: httpx.Client, models: RepoModels, name: str) -> None:
+def test_predict_internals_equal_the_module(
+    client: httpx.Client, models: RepoModels, name: str
+) -> None:
     n_in = SIZES[name][0]
     xs = [rng.normal(size=(t, n_in)).astype(np.float32) for t in (40, 7, 1)]
     start = random_state(name, models)
-    body = {"inputs": [x.tolist() for x in xs], "return_internals": True,
-            "state": [None, start, None]}
+    body = {
+        "inputs": [x.tolist() for x in xs],
+        "return_internals": True,
+        "state": [None, start, None],
+    }
     r = client.post(f"/v1/models/{name}/predict", json=body)
     assert r.status_code == 200, r.text
     out = r.json()
@@ -105,7 +114,9 @@ def test_outputs_do_not_depend_on_asking_for_internals(client: httpx.Client, nam
     operators, so float32 rounding may differ in the last bits (measured ~3e-7 on values ~3)."""
     n_in = SIZES[name][0]
     xs = [rng.normal(size=(t, n_in)).astype(np.float32).tolist() for t in (60, 13)]
-    plain = client.post(f"/v1/models/{name}/predict", json={"inputs": xs, "return_state": True}).json()
+    plain = client.post(
+        f"/v1/models/{name}/predict", json={"inputs": xs, "return_state": True}
+    ).json()
     inner = client.post(
         f"/v1/models/{name}/predict",
         json={"inputs": xs, "return_state": True, "return_internals": True},
@@ -119,7 +130,9 @@ def test_outputs_do_not_depend_on_asking_for_internals(client: httpx.Client, nam
             np.testing.assert_allclose(inner["state"][b][k], v, atol=1e-6, rtol=0)
     # sessions: a chunk with internals and one without leave the same state and outputs
     a, b2 = new_session(client, name), new_session(client, name)
-    ra = client.post(f"/v1/sessions/{a}/steps", json={"inputs": xs[1], "return_internals": True}).json()
+    ra = client.post(
+        f"/v1/sessions/{a}/steps", json={"inputs": xs[1], "return_internals": True}
+    ).json()
     rb = client.post(f"/v1/sessions/{b2}/steps", json={"inputs": xs[1]}).json()
     np.testing.assert_allclose(ra["outputs"], rb["outputs"], atol=1e-6, rtol=0)
     sa = client.get(f"/v1/sessions/{a}/state").json()["state"]
@@ -157,8 +170,10 @@ def test_websocket_internals_equal_the_module(
 
 
 def test_no_internals_graph_is_a_clear_422(client: httpx.Client) -> None:
-    r = client.post(f"/v1/models/{PLAIN}/versions/1/predict",
-                    json={"inputs": [[[0.0, 0.0]]], "return_internals": True})
+    r = client.post(
+        f"/v1/models/{PLAIN}/versions/1/predict",
+        json={"inputs": [[[0.0, 0.0]]], "return_internals": True},
+    )
     assert r.status_code == 422 and "internals" in r.json()["detail"]
     card = client.get(f"/v1/models/{PLAIN}/versions/1").json()
     assert card["onnx"]["internals"] is None  # what the page reads to offer cells and gates

@@ -25,8 +25,15 @@ except ImportError:  # fail, never skip: CI must run these
 from tests.api.ui.conftest import API_KEY, MG, RIVEST, TRACE
 from tests.live import LiveServer
 
-ALL_PLOTS = ["inputs", "outputs", "cell_states", "cell_outputs", "gate_input", "gate_forget",
-             "gate_output"]
+ALL_PLOTS = [
+    "inputs",
+    "outputs",
+    "cell_states",
+    "cell_outputs",
+    "gate_input",
+    "gate_forget",
+    "gate_output",
+]
 
 # Pixels that belong to a plotted series: saturated colour (axes, grid and text are grey).
 COLOURED_PIXELS = """
@@ -54,8 +61,10 @@ def wait_for(d: Any, states: tuple[str, ...], timeout: float = 30) -> str:
         if s in states:
             return s
         time.sleep(0.05)
-    raise AssertionError(f"page state {state(d)!r}, wanted {states}; status "
-                         f"{d.find_element(By.ID, 'status').text!r}, error {error_text(d)!r}")
+    raise AssertionError(
+        f"page state {state(d)!r}, wanted {states}; status "
+        f"{d.find_element(By.ID, 'status').text!r}, error {error_text(d)!r}"
+    )
 
 
 def error_text(d: Any) -> str:
@@ -79,7 +88,9 @@ def plotted(d: Any) -> dict[str, tuple[int, int]]:
 
 
 def steps_in(d: Any) -> int:
-    return len([ln for ln in d.find_element(By.ID, "inputs").get_property("value").splitlines() if ln])
+    return len(
+        [ln for ln in d.find_element(By.ID, "inputs").get_property("value").splitlines() if ln]
+    )
 
 
 def test_page_is_served_open_with_a_csp(ui_server: LiveServer, keyed_server: LiveServer) -> None:
@@ -100,10 +111,16 @@ def test_lists_models_runs_a_generated_trial_and_plots(
     assert names == [MG, RIVEST, TRACE]
     assert Select(d.find_element(By.ID, "model")).first_selected_option.text == TRACE
     # the task's own generator is chosen and has already filled the inputs and targets
-    assert Select(d.find_element(By.ID, "generator")).first_selected_option.get_attribute("value") == TRACE
+    assert (
+        Select(d.find_element(By.ID, "generator")).first_selected_option.get_attribute("value")
+        == TRACE
+    )
     Select(d.find_element(By.ID, "gen-last")).select_by_value("probe1500")
     d.find_element(By.ID, "generate").click()
-    rows = [json.loads(f"[{r}]") for r in d.find_element(By.ID, "inputs").get_property("value").splitlines()]
+    rows = [
+        json.loads(f"[{r}]")
+        for r in d.find_element(By.ID, "inputs").get_property("value").splitlines()
+    ]
     assert all(len(r) == 2 for r in rows) and sum(r[0] for r in rows) == 4  # 4 trials: CS
     cs = [t for t, r in enumerate(rows) if r[0] == 1]
     us = [t for t, r in enumerate(rows) if r[1] == 1]
@@ -129,31 +146,51 @@ def test_plots_match_the_api(browser: Any, ui_server: LiveServer) -> None:
     d.find_element(By.ID, "run").click()
     assert wait_for(d, ("done", "error")) == "done", error_text(d)
     shown = d.execute_script("return window.peephole.plots().map((p) => p.uplot.data);")
-    rows = [json.loads(f"[{r}]") for r in d.find_element(By.ID, "inputs").get_property("value").splitlines()]
-    body = httpx.post(f"{ui_server.url}/v1/models/{TRACE}/predict",
-                      json={"inputs": [rows], "return_internals": True}).json()
+    rows = [
+        json.loads(f"[{r}]")
+        for r in d.find_element(By.ID, "inputs").get_property("value").splitlines()
+    ]
+    body = httpx.post(
+        f"{ui_server.url}/v1/models/{TRACE}/predict",
+        json={"inputs": [rows], "return_internals": True},
+    ).json()
     ints = body["internals"][0]
     assert shown[1][1] == pytest.approx([o[0] for o in body["outputs"][0]])
     assert shown[2][1:] == [pytest.approx(list(c)) for c in zip(*ints["cell_states"], strict=True)]
-    assert shown[6][1:] == [pytest.approx(list(c)) for c in zip(*ints["gates"]["output"], strict=True)]
+    assert shown[6][1:] == [
+        pytest.approx(list(c)) for c in zip(*ints["gates"]["output"], strict=True)
+    ]
 
 
-def test_dopamine_model_plots_td_error_beside_the_gates(browser: Any, ui_server: LiveServer) -> None:
+def test_dopamine_model_plots_td_error_beside_the_gates(
+    browser: Any, ui_server: LiveServer
+) -> None:
     """rivest2010: the US prediction against its target, then the critic's delta and value
     in their own panel, then cells and gates; whole run and live stream agree with the API."""
     d = browser
     open_page(d, ui_server, RIVEST)
-    assert Select(d.find_element(By.ID, "generator")).first_selected_option.get_attribute("value") == TRACE
+    assert (
+        Select(d.find_element(By.ID, "generator")).first_selected_option.get_attribute("value")
+        == TRACE
+    )
     assert "TD critic" in d.find_element(By.ID, "model-info").text
     Select(d.find_element(By.ID, "gen-last")).select_by_value("probe500")
     d.find_element(By.ID, "generate").click()
     d.find_element(By.ID, "run").click()
     assert wait_for(d, ("done", "error")) == "done", error_text(d)
     shown = plotted(d)
-    assert list(shown) == ["plot-inputs", "plot-outputs", "plot-td_error", *[f"plot-{p}" for p in ALL_PLOTS[2:]]]
+    assert list(shown) == [
+        "plot-inputs",
+        "plot-outputs",
+        "plot-td_error",
+        *[f"plot-{p}" for p in ALL_PLOTS[2:]],
+    ]
     assert all(c > 100 for c, _ in shown.values()), shown
     assert "MSE against the" in d.find_element(By.ID, "status").text
-    rows = [json.loads(f"[{r}]") for r in d.find_element(By.ID, "inputs").get_property("value").splitlines()]
+    rows = [
+        json.loads(f"[{r}]")
+        for r in d.find_element(By.ID, "inputs").get_property("value").splitlines()
+    ]
     body = httpx.post(f"{ui_server.url}/v1/models/{RIVEST}/predict", json={"inputs": [rows]}).json()
     out = body["outputs"][0]
     data = d.execute_script("return window.peephole.plots().map((p) => p.uplot.data);")
@@ -170,11 +207,16 @@ def test_dopamine_model_plots_td_error_beside_the_gates(browser: Any, ui_server:
     assert live == pytest.approx([o[2] for o in out], abs=1e-5)
 
 
-def test_model_without_internals_and_the_mackey_glass_generator(browser: Any, ui_server: LiveServer) -> None:
+def test_model_without_internals_and_the_mackey_glass_generator(
+    browser: Any, ui_server: LiveServer
+) -> None:
     d = browser
     open_page(d, ui_server, MG)
     assert not d.find_element(By.ID, "internals").is_enabled()
-    assert Select(d.find_element(By.ID, "generator")).first_selected_option.get_attribute("value") == MG
+    assert (
+        Select(d.find_element(By.ID, "generator")).first_selected_option.get_attribute("value")
+        == MG
+    )
     first = float(d.find_element(By.ID, "inputs").get_property("value").splitlines()[0])
     assert first == pytest.approx(1.07961234, abs=1e-6)  # training/tasks series(.., x0=0.5)[0]
     d.find_element(By.ID, "run").click()
@@ -226,7 +268,10 @@ def test_live_session_streams_steps(browser: Any, ui_server: LiveServer) -> None
     session = httpx.get(f"{ui_server.url}/v1/sessions/{sid}").json()
     assert session["offset"] == n and session["model"] == TRACE
     # streamed step by step = one whole-sequence predict
-    rows = [json.loads(f"[{r}]") for r in d.find_element(By.ID, "inputs").get_property("value").splitlines()]
+    rows = [
+        json.loads(f"[{r}]")
+        for r in d.find_element(By.ID, "inputs").get_property("value").splitlines()
+    ]
     whole = httpx.post(f"{ui_server.url}/v1/models/{TRACE}/predict", json={"inputs": [rows]}).json()
     live = d.execute_script("return window.peephole.plots()[1].uplot.data[1];")
     assert live == pytest.approx([o[0] for o in whole["outputs"][0]], abs=1e-5)

@@ -35,7 +35,10 @@ def test_not_ready_when_store_fails(models: RepoModels) -> None:
     settings = make_settings(models.repo)
     with LiveServer(settings, store=Broken(max_sessions=10)) as s, s.client() as c:
         r = c.get("/health/ready")
-        assert r.status_code == 503 and r.json()["detail"] == "session store unreachable: connection refused"
+        assert (
+            r.status_code == 503
+            and r.json()["detail"] == "session store unreachable: connection refused"
+        )
         r = c.post("/v1/sessions", json={"model": PLAIN})
         assert r.status_code == 503 and r.json()["detail"]
         assert c.get("/health/live").status_code == 200
@@ -54,9 +57,9 @@ def test_metrics(client: httpx.Client) -> None:
     text = r.text
     assert 'route="/v1/sessions/{session_id}/steps",status="200"' in text
     assert 'route="/v1/sessions/{session_id}",status="404"' in text
-    assert 'peephole_request_duration_seconds_bucket' in text
+    assert "peephole_request_duration_seconds_bucket" in text
     assert f'peephole_inference_batch_size_count{{model="{PLAIN}",version="2"}}' in text
-    assert 'peephole_inference_duration_seconds_sum' in text
+    assert "peephole_inference_duration_seconds_sum" in text
     live = [ln for ln in text.splitlines() if ln.startswith("peephole_sessions_live ")]
     assert live and float(live[0].split()[1]) >= 1
     assert sid not in text  # raw paths never become labels
@@ -90,14 +93,28 @@ def auth_server(models: RepoModels):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(
     "method,path",
-    [("GET", "/v1/models"), ("GET", f"/v1/models/{PLAIN}"), ("POST", f"/v1/models/{PLAIN}/predict"),
-     ("POST", "/v1/sessions"), ("GET", "/v1/sessions/x"), ("DELETE", "/v1/sessions/x"),
-     ("GET", "/metrics"), ("GET", "/docsx"), ("GET", "/redoc/x"), ("GET", "/nope")],
+    [
+        ("GET", "/v1/models"),
+        ("GET", f"/v1/models/{PLAIN}"),
+        ("POST", f"/v1/models/{PLAIN}/predict"),
+        ("POST", "/v1/sessions"),
+        ("GET", "/v1/sessions/x"),
+        ("DELETE", "/v1/sessions/x"),
+        ("GET", "/metrics"),
+        ("GET", "/docsx"),
+        ("GET", "/redoc/x"),
+        ("GET", "/nope"),
+    ],
 )
 def test_auth_required(auth_server: LiveServer, method: str, path: str) -> None:
     with auth_server.client() as c:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic k1"},
-                        {"Authorization": "Bearer"}, {"Authorization": "Bearer k1x"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Basic k1"},
+            {"Authorization": "Bearer"},
+            {"Authorization": "Bearer k1x"},
+        ):
             r = c.request(method, path, headers=headers, json={"inputs": [[[0, 0]]]})
             assert r.status_code == 401, (headers, r.text)
             assert r.json()["detail"] and r.headers["WWW-Authenticate"] == "Bearer"

@@ -67,9 +67,13 @@ def test_state_in_continues_a_sequence(client: httpx.Client, name: str) -> None:
     whole = predict(client, name, {"inputs": [x.tolist()], "return_state": True})
     first = predict(client, name, {"inputs": [x[:11].tolist()], "return_state": True})
     second = predict(
-        client, name,
-        {"inputs": [x[11:].tolist(), x[11:].tolist()], "state": first["state"] + [None],
-         "return_state": True},
+        client,
+        name,
+        {
+            "inputs": [x[11:].tolist(), x[11:].tolist()],
+            "state": first["state"] + [None],
+            "return_state": True,
+        },
     )
     np.testing.assert_allclose(second["outputs"][0], whole["outputs"][0][11:], atol=1e-5)
     for k in whole["state"][0]:
@@ -82,7 +86,9 @@ def test_state_in_continues_a_sequence(client: httpx.Client, name: str) -> None:
 def test_internals(client: httpx.Client, models: RepoModels) -> None:
     xs = seqs(LNSC, [9, 4])
     out = predict(
-        client, LNSC, {"inputs": [x.tolist() for x in xs], "return_internals": True, "return_state": True}
+        client,
+        LNSC,
+        {"inputs": [x.tolist() for x in xs], "return_internals": True, "return_state": True},
     )
     for b, x in enumerate(xs):
         ints = out["internals"][b]
@@ -91,8 +97,12 @@ def test_internals(client: httpx.Client, models: RepoModels) -> None:
         for g in ("input", "forget", "output"):
             gate = np.asarray(ints["gates"][g])
             assert gate.shape == (len(x), 2) and (gate > 0).all() and (gate < 1).all()
-        np.testing.assert_allclose(ints["cell_states"][-1], out["state"][b]["cell_states"], atol=1e-5)
-        np.testing.assert_allclose(ints["cell_outputs"][-1], out["state"][b]["cell_outputs"], atol=1e-5)
+        np.testing.assert_allclose(
+            ints["cell_states"][-1], out["state"][b]["cell_states"], atol=1e-5
+        )
+        np.testing.assert_allclose(
+            ints["cell_outputs"][-1], out["state"][b]["cell_outputs"], atol=1e-5
+        )
         gates = np.asarray(out["state"][b]["gates"])  # [blocks, 3]: input, forget, output
         np.testing.assert_allclose(ints["gates"]["forget"][-1], gates[:, 1], atol=1e-5)
 
@@ -116,9 +126,9 @@ BAD_PREDICT = [
     (b'{"inputs": [[[1, 2], [1]]]}', 422, "ragged features"),
     (b'{"inputs": [[]]}', 422, "empty sequence"),
     (b'{"inputs": []}', 422, "empty batch"),
-    (b'{}', 422, "no inputs"),
-    (b'[]', 422, "not an object"),
-    (b'', 422, "empty body"),
+    (b"{}", 422, "no inputs"),
+    (b"[]", 422, "not an object"),
+    (b"", 422, "empty body"),
     (b'{"inputs": [[[1, 2]]]', 422, "truncated JSON"),
     (b'{"inputs": [[[1, 2]]], "extra": 1}', 422, "unknown field"),
     (b'{"inputs": [[[1, 2]]], "return_state": 1}', 422, "flag not a boolean"),
@@ -126,12 +136,21 @@ BAD_PREDICT = [
     (b'{"inputs": [[[1, 2]]], "state": {}}', 422, "state not a list"),
     (b'{"inputs": [[[1, 2]]], "state": [{}, {}]}', 422, "state count"),
     (b'{"inputs": [[[1, 2]]], "state": [{"cell_states": [0,0,0]}]}', 422, "state name missing"),
-    (b'{"inputs": [[[1, 2]]], "state": [{"cell_states": [0,0], "cell_outputs": [0,0,0]}]}', 422,
-     "state shape"),
-    (b'{"inputs": [[[1, 2]]], "state": [{"cell_states": [0,0,true], "cell_outputs": [0,0,0]}]}',
-     422, "state boolean"),
-    (b'{"inputs": [[[1, 2]]], "state": [{"cell_states": [0,0,0], "cell_outputs": [0,0,0], "x": 1}]}',
-     422, "state extra name"),
+    (
+        b'{"inputs": [[[1, 2]]], "state": [{"cell_states": [0,0], "cell_outputs": [0,0,0]}]}',
+        422,
+        "state shape",
+    ),
+    (
+        b'{"inputs": [[[1, 2]]], "state": [{"cell_states": [0,0,true], "cell_outputs": [0,0,0]}]}',
+        422,
+        "state boolean",
+    ),
+    (
+        b'{"inputs": [[[1, 2]]], "state": [{"cell_states": [0,0,0], "cell_outputs": [0,0,0], "x": 1}]}',
+        422,
+        "state extra name",
+    ),
     (b'{"inputs": [[[1, 2]]], "return_internals": true}', 422, "no internals graph on plain v1"),
     (b'{"inputs": [[[1e38, -1e38]]]}', 200, "huge but finite: squashed by the gates"),
 ]
@@ -140,7 +159,8 @@ BAD_PREDICT = [
 @pytest.mark.parametrize("body,status,why", BAD_PREDICT, ids=[b[2] for b in BAD_PREDICT])
 def test_bad_predict_inputs(client: httpx.Client, body: bytes, status: int, why: str) -> None:
     r = client.post(
-        f"/v1/models/{PLAIN}/versions/1/predict", content=body,
+        f"/v1/models/{PLAIN}/versions/1/predict",
+        content=body,
         headers={"content-type": "application/json"},
     )
     assert r.status_code == status, (why, r.text)
@@ -154,22 +174,31 @@ def test_limits_batch_and_steps(client: httpx.Client, server) -> None:  # type: 
     assert r.status_code == 413, r.text
     r = client.post(f"/v1/models/{PLAIN}/predict", json={"inputs": [[[0, 0]] * (s.max_steps + 1)]})
     assert r.status_code == 413, r.text
-    assert client.post(
-        f"/v1/models/{PLAIN}/predict", json={"inputs": [GOOD] * s.max_batch_size}
-    ).status_code == 200
+    assert (
+        client.post(
+            f"/v1/models/{PLAIN}/predict", json={"inputs": [GOOD] * s.max_batch_size}
+        ).status_code
+        == 200
+    )
 
 
 def test_body_limit(client: httpx.Client, server) -> None:  # type: ignore[no-untyped-def]
     big = b'{"inputs": [[' + b",".join([b"[0.5, 0.5]"] * 40000) + b"]]}"
     assert len(big) > server.settings.max_body_bytes
-    r = client.post(f"/v1/models/{PLAIN}/predict", content=big, headers={"content-type": "application/json"})
+    r = client.post(
+        f"/v1/models/{PLAIN}/predict", content=big, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 413 and "detail" in r.json()
 
     def chunks():  # no Content-Length: counted as it streams
         for i in range(0, len(big), 8192):
             yield big[i : i + 8192]
 
-    r = client.post(f"/v1/models/{PLAIN}/predict", content=chunks(), headers={"content-type": "application/json"})
+    r = client.post(
+        f"/v1/models/{PLAIN}/predict",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413 and "detail" in r.json()
     with httpx.Client(base_url=server.url) as c2:  # the server still serves
         assert c2.get("/health/live").status_code == 200

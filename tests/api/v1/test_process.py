@@ -27,7 +27,10 @@ def test_sigterm_lets_in_flight_requests_finish(models: RepoModels) -> None:
         "PEEPHOLE_GRPC_PORT": "0",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "app"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
     )
     url = f"http://127.0.0.1:{port}"

@@ -23,7 +23,9 @@ def steps(client: httpx.Client, sid: str, x: np.ndarray | list, **kw: object) ->
 
 
 def whole(client: httpx.Client, name: str, x: np.ndarray) -> dict:
-    r = client.post(f"/v1/models/{name}/predict", json={"inputs": [x.tolist()], "return_state": True})
+    r = client.post(
+        f"/v1/models/{name}/predict", json={"inputs": [x.tolist()], "return_state": True}
+    )
     assert r.status_code == 200
     return r.json()
 
@@ -51,9 +53,13 @@ def test_lifecycle(client: httpx.Client) -> None:
     assert r.status_code == 200 and r.json()["offset"] == 0
     assert np.allclose(get_state(client, sid)["state"]["cell_states"], 0)
     assert client.delete(f"/v1/sessions/{sid}").status_code == 204
-    for call in (client.get(f"/v1/sessions/{sid}"), client.get(f"/v1/sessions/{sid}/state"),
-                 client.post(f"/v1/sessions/{sid}/reset"), client.delete(f"/v1/sessions/{sid}"),
-                 steps(client, sid, [[0.0, 0.0]])):
+    for call in (
+        client.get(f"/v1/sessions/{sid}"),
+        client.get(f"/v1/sessions/{sid}/state"),
+        client.post(f"/v1/sessions/{sid}/reset"),
+        client.delete(f"/v1/sessions/{sid}"),
+        steps(client, sid, [[0.0, 0.0]]),
+    ):
         assert call.status_code == 404 and "detail" in call.json()
 
 
@@ -127,7 +133,9 @@ def test_errors_leave_the_session_untouched(client: httpx.Client, server: LiveSe
         assert r.status_code == status, (body, r.text)
         assert isinstance(r.json()["detail"], str)
     for raw in (b'{"inputs": [[NaN, 0, 0]]}', b'{"inputs": [[Infinity, 0, 0]]}', b"{", b""):
-        r = client.post(f"/v1/sessions/{sid}/steps", content=raw, headers={"content-type": "application/json"})
+        r = client.post(
+            f"/v1/sessions/{sid}/steps", content=raw, headers={"content-type": "application/json"}
+        )
         assert r.status_code == 422, raw
     after = get_state(client, sid)
     assert after == before
@@ -139,9 +147,13 @@ def test_internals_on_steps(client: httpx.Client) -> None:
         f"/v1/models/{LNSC}/predict", json={"inputs": [x.tolist()], "return_internals": True}
     ).json()["internals"][0]
     sid = new_session(client, LNSC)
-    got = [steps(client, sid, x[:4], return_internals=True, offset=0).json()["internals"],
-           steps(client, sid, x[4:], return_internals=True, offset=4).json()["internals"]]
-    np.testing.assert_allclose(got[0]["cell_states"] + got[1]["cell_states"], ref["cell_states"], atol=1e-5)
+    got = [
+        steps(client, sid, x[:4], return_internals=True, offset=0).json()["internals"],
+        steps(client, sid, x[4:], return_internals=True, offset=4).json()["internals"],
+    ]
+    np.testing.assert_allclose(
+        got[0]["cell_states"] + got[1]["cell_states"], ref["cell_states"], atol=1e-5
+    )
     np.testing.assert_allclose(
         got[0]["gates"]["output"] + got[1]["gates"]["output"], ref["gates"]["output"], atol=1e-5
     )
@@ -199,7 +211,9 @@ def test_bad_creates(client: httpx.Client, server: LiveServer) -> None:
         r = client.post("/v1/sessions", json=body)
         assert r.status_code == status, (body, r.text)
         assert isinstance(r.json()["detail"], str)
-    r = client.post("/v1/sessions", json={"model": PLAIN, "ttl_seconds": server.settings.max_ttl_seconds})
+    r = client.post(
+        "/v1/sessions", json={"model": PLAIN, "ttl_seconds": server.settings.max_ttl_seconds}
+    )
     assert r.status_code == 201
 
 
@@ -244,8 +258,10 @@ def test_concurrent_same_offset_applies_once(server: LiveServer) -> None:
     async def fire() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as ac:
             return await asyncio.gather(
-                *(ac.post(f"/v1/sessions/{sid}/steps", json={"inputs": c.tolist(), "offset": 0})
-                  for c in chunks)
+                *(
+                    ac.post(f"/v1/sessions/{sid}/steps", json={"inputs": c.tolist(), "offset": 0})
+                    for c in chunks
+                )
             )
 
     rs = asyncio.run(fire())
@@ -291,7 +307,9 @@ def test_v2_sequences_are_not_v1_sessions(client: httpx.Client, server: LiveServ
 
     def infer(start: bool) -> httpx.Response:
         body = {
-            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, n_in], "data": [0.5] * n_in}],
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [1, 1, n_in], "data": [0.5] * n_in}
+            ],
             "parameters": {"sequence_id": 4242, "sequence_start": start},
         }
         return client.post(f"/v2/models/{LNSC}/infer", json=body)
@@ -331,6 +349,7 @@ def test_idempotency_key_makes_a_retried_create_return_the_same_session(
     for bad in ("", "x" * 256, "has space", "\u00e9t\u00e9"):
         r = client.post("/v1/sessions", json=body, headers={"Idempotency-Key": bad.encode()})
         assert r.status_code == 422, (bad, r.text)
+
     # concurrent retries of one create: one session, made by one of them
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=server.url) as ac:

@@ -68,15 +68,24 @@ def test_flat_and_nested_json_agree(client: httpx.Client) -> None:
     v1 = client.post(f"/v1/models/{LNSC}/predict", json={"inputs": X.tolist()}).json()
     np.testing.assert_allclose(y_of(nested), v1["outputs"], atol=1e-6)
     # integers are numbers too; a versioned path answers the same
-    ints = post(client, {"inputs": [tensor([[[1, 2, 3]]], [1, 1, 3])]},
-                path=f"/v2/models/{LNSC}/versions/1/infer")
+    ints = post(
+        client,
+        {"inputs": [tensor([[[1, 2, 3]]], [1, 1, 3])]},
+        path=f"/v2/models/{LNSC}/versions/1/infer",
+    )
     assert ints.status_code == 200, ints.text
 
 
 def test_binary_both_ways(client: httpx.Client) -> None:
     header = {
-        "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3, 3],
-                    "parameters": {"binary_data_size": X.nbytes}}],
+        "inputs": [
+            {
+                "name": "x",
+                "datatype": "FP32",
+                "shape": [2, 3, 3],
+                "parameters": {"binary_data_size": X.nbytes},
+            }
+        ],
         "outputs": [{"name": "y", "parameters": {"binary_data": True}}, {"name": "cell_states"}],
     }
     body, headers = binary_request(header, [X.astype("<f4").tobytes()])
@@ -138,15 +147,33 @@ BAD_JSON: list[tuple[str, Any, str]] = [
     ("huge integer", {"inputs": [tensor([10**40] + [0] * 17)]}, "finite"),
     ("unknown output", {"inputs": [tensor()], "outputs": [{"name": "q"}]}, "unknown output"),
     ("outputs twice", {"inputs": [tensor()], "outputs": [{"name": "y"}, {"name": "y"}]}, "twice"),
-    ("classification", {"inputs": [tensor()],
-                        "outputs": [{"name": "y", "parameters": {"classification": 2}}]}, "classif"),
-    ("state wrong shape", {"inputs": [tensor(), tensor([0] * 8, [2, 4, 1], "cell_states")]}, "shape"),
+    (
+        "classification",
+        {"inputs": [tensor()], "outputs": [{"name": "y", "parameters": {"classification": 2}}]},
+        "classif",
+    ),
+    (
+        "state wrong shape",
+        {"inputs": [tensor(), tensor([0] * 8, [2, 4, 1], "cell_states")]},
+        "shape",
+    ),
     ("sequence id negative", {"inputs": [tensor()], "parameters": {"sequence_id": -1}}, "unsigned"),
     ("sequence id float", {"inputs": [tensor()], "parameters": {"sequence_id": 1.5}}, "unsigned"),
-    ("sequence id too big", {"inputs": [tensor()], "parameters": {"sequence_id": 2**64}}, "unsigned"),
-    ("start not bool", {"inputs": [tensor()],
-                        "parameters": {"sequence_id": 3, "sequence_start": 1}}, "boolean"),
-    ("start without id", {"inputs": [tensor()], "parameters": {"sequence_start": True}}, "sequence_id"),
+    (
+        "sequence id too big",
+        {"inputs": [tensor()], "parameters": {"sequence_id": 2**64}},
+        "unsigned",
+    ),
+    (
+        "start not bool",
+        {"inputs": [tensor()], "parameters": {"sequence_id": 3, "sequence_start": 1}},
+        "boolean",
+    ),
+    (
+        "start without id",
+        {"inputs": [tensor()], "parameters": {"sequence_start": True}},
+        "sequence_id",
+    ),
     ("parameters not object", {"inputs": [tensor()], "parameters": [1]}, "object"),
     ("id not string", {"inputs": [tensor()], "id": 5}, "id"),
 ]
@@ -166,12 +193,17 @@ def test_unparseable_bodies(client: httpx.Client) -> None:
 
 def test_bad_binary_requests(client: httpx.Client) -> None:
     raw = X.tobytes()
-    good = {"name": "x", "datatype": "FP32", "shape": [2, 3, 3],
-            "parameters": {"binary_data_size": len(raw)}}
+    good = {
+        "name": "x",
+        "datatype": "FP32",
+        "shape": [2, 3, 3],
+        "parameters": {"binary_data_size": len(raw)},
+    }
 
     def send(inp: dict, blobs: list[bytes], header_len: int | str | None = None) -> str:
-        body, headers = binary_request({"inputs": [inp]}, blobs,
-                                       header_len if isinstance(header_len, int) else None)
+        body, headers = binary_request(
+            {"inputs": [inp]}, blobs, header_len if isinstance(header_len, int) else None
+        )
         if isinstance(header_len, str):
             headers["Inference-Header-Content-Length"] = header_len
         return error(client.post(INFER, content=body, headers=headers), 400)
@@ -199,12 +231,22 @@ def test_limits_are_413(client: httpx.Client) -> None:
     big = np.zeros((9, 1, 3), np.float32)  # max_batch_size is 8
     assert "9 sequences" in error(post(client, {"inputs": [tensor(big.tolist(), [9, 1, 3])]}), 413)
     long = np.zeros((1, 2001, 3), np.float32)  # max_steps is 2000
-    header = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2001, 3],
-                          "parameters": {"binary_data_size": long.nbytes}}]}
+    header = {
+        "inputs": [
+            {
+                "name": "x",
+                "datatype": "FP32",
+                "shape": [1, 2001, 3],
+                "parameters": {"binary_data_size": long.nbytes},
+            }
+        ]
+    }
     body, headers = binary_request(header, [long.tobytes()])
     error(client.post(INFER, content=body, headers=headers), 413)
-    seq = {"inputs": [tensor(long.tolist(), [1, 2001, 3])],
-           "parameters": {"sequence_id": 9, "sequence_start": True}}
+    seq = {
+        "inputs": [tensor(long.tolist(), [1, 2001, 3])],
+        "parameters": {"sequence_id": 9, "sequence_start": True},
+    }
     error(post(client, seq), 413)
     huge = bytes(MAX_BODY + 1)
     error(client.post(INFER, content=huge, headers={"Inference-Header-Content-Length": "2"}), 413)
@@ -237,9 +279,13 @@ def guarded(models: RepoModels) -> Any:
 
 def test_auth_401(guarded: LiveServer) -> None:
     with guarded.client() as c:
-        for method, path in [("GET", "/v2"), ("GET", f"/v2/models/{LNSC}"),
-                             ("GET", f"/v2/models/{LNSC}/ready"), ("POST", INFER),
-                             ("POST", f"/v2/models/{LNSC}/versions/1/infer")]:
+        for method, path in [
+            ("GET", "/v2"),
+            ("GET", f"/v2/models/{LNSC}"),
+            ("GET", f"/v2/models/{LNSC}/ready"),
+            ("POST", INFER),
+            ("POST", f"/v2/models/{LNSC}/versions/1/infer"),
+        ]:
             for headers in ({}, {"Authorization": "Bearer nope"}):
                 r = c.request(method, path, headers=headers, json={"inputs": [tensor()]})
                 error(r, 401)
@@ -251,18 +297,22 @@ def test_auth_401(guarded: LiveServer) -> None:
 
 def test_capacity_429(guarded: LiveServer) -> None:
     with guarded.client(headers={"Authorization": "Bearer k1"}) as c:
+
         def start(seq: int) -> httpx.Response:
             one = tensor([[[0, 0, 0]]], [1, 1, 3])
-            return post(c, {"inputs": [one], "parameters": {"sequence_id": seq,
-                                                            "sequence_start": True}})
+            return post(
+                c, {"inputs": [one], "parameters": {"sequence_id": seq, "sequence_start": True}}
+            )
 
         assert start(1).status_code == 200 and start(2).status_code == 200
         r = start(3)
         error(r, 429)
         assert int(r.headers["Retry-After"]) >= 1
         assert start(1).status_code == 200  # restarting a live sequence takes no new slot
-        end = {"inputs": [tensor([[[0, 0, 0]]], [1, 1, 3])],
-               "parameters": {"sequence_id": 2, "sequence_end": True}}
+        end = {
+            "inputs": [tensor([[[0, 0, 0]]], [1, 1, 3])],
+            "parameters": {"sequence_id": 2, "sequence_end": True},
+        }
         assert post(c, end).status_code == 200
         assert start(3).status_code == 200  # the ended sequence's slot is free again
 
@@ -275,7 +325,10 @@ def test_store_unreachable_503(models: RepoModels) -> None:
         async def create(self, session):  # type: ignore[no-untyped-def]
             raise StoreUnavailable("connection refused")
 
-    with LiveServer(make_settings(models.repo), store=Broken(max_sessions=10)) as s, s.client() as c:
+    with (
+        LiveServer(make_settings(models.repo), store=Broken(max_sessions=10)) as s,
+        s.client() as c,
+    ):
         assert "unreachable" in error(c.get("/v2/health/ready"), 503)
         assert c.get("/v2/health/live").status_code == 200
         seq = {"inputs": [tensor()], "parameters": {"sequence_id": "s", "sequence_start": True}}

@@ -28,13 +28,15 @@ def test_sequence_alternates_between_replicas(replicas: list[Replica]) -> None: 
     for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
         inp = th.InferInput("x", [1, b - a, 2], "FP32")
         inp.set_data_from_numpy(x[:, a:b])
-        r = clients[i % 2].infer(MODEL, [inp], sequence_id="shared", sequence_start=i == 0,
-                                 sequence_end=b == 24)
+        r = clients[i % 2].infer(
+            MODEL, [inp], sequence_id="shared", sequence_start=i == 0, sequence_end=b == 24
+        )
         ys.append(r.as_numpy("y"))
     whole = th.InferInput("x", [1, 24, 2], "FP32")
     whole.set_data_from_numpy(x)
-    np.testing.assert_allclose(np.concatenate(ys, axis=1),
-                               clients[0].infer(MODEL, [whole]).as_numpy("y"), atol=1e-5)
+    np.testing.assert_allclose(
+        np.concatenate(ys, axis=1), clients[0].infer(MODEL, [whole]).as_numpy("y"), atol=1e-5
+    )
     with pytest.raises(InferenceServerException) as e:  # ended on one replica: gone for both
         one = th.InferInput("x", [1, 1, 2], "FP32")
         one.set_data_from_numpy(x[:, :1])

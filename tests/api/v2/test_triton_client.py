@@ -92,13 +92,17 @@ def test_infer_equals_v1_predict(
         assert out["datatype"] == "FP32" and ("parameters" in out) == binary
 
 
-def test_versions_and_default_outputs(triton: th.InferenceServerClient, client: httpx.Client) -> None:
+def test_versions_and_default_outputs(
+    triton: th.InferenceServerClient, client: httpx.Client
+) -> None:
     """No `outputs`: every output comes back (binary, as tritonclient then asks)."""
     x = xs(PLAIN, 2, 4)
     r = triton.infer(PLAIN, [x_input(x, binary=False)], model_version="1")
     assert r.get_response()["model_version"] == "1"
     assert {o["name"] for o in r.get_response()["outputs"]} == {"y", *STATES[PLAIN]}
-    np.testing.assert_allclose(r.as_numpy("y"), v1_predict(client, PLAIN, x, 1)["outputs"], atol=1e-6)
+    np.testing.assert_allclose(
+        r.as_numpy("y"), v1_predict(client, PLAIN, x, 1)["outputs"], atol=1e-6
+    )
 
 
 def test_output_selection(triton: th.InferenceServerClient) -> None:
@@ -135,8 +139,7 @@ def test_sequence_in_chunks_equals_whole(
     cuts = [0, 5, 6, 17, 29, 30]
     ys, last = [], None
     for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
-        last = step(triton, LNSC, x[a:b], seq, sequence_start=i == 0,
-                    sequence_end=b == len(x))
+        last = step(triton, LNSC, x[a:b], seq, sequence_start=i == 0, sequence_end=b == len(x))
         ys.append(last.as_numpy("y")[0])
     whole = v1_predict(client, LNSC, x[None])
     np.testing.assert_allclose(np.concatenate(ys), whole["outputs"][0], atol=1e-5)
@@ -172,8 +175,9 @@ def test_sequence_end_frees_state(triton: th.InferenceServerClient, client: http
     # start and end together: a one-request sequence, nothing kept
     one = step(triton, LNSC, x, 78, sequence_start=True, sequence_end=True)
     assert live_sessions(client) == before
-    np.testing.assert_allclose(one.as_numpy("y")[0], v1_predict(client, LNSC, x[None])["outputs"][0],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        one.as_numpy("y")[0], v1_predict(client, LNSC, x[None])["outputs"][0], atol=1e-6
+    )
 
 
 def test_sequence_start_on_live_id_starts_over(triton: th.InferenceServerClient) -> None:
@@ -182,8 +186,9 @@ def test_sequence_start_on_live_id_starts_over(triton: th.InferenceServerClient)
     moved = step(triton, LNSC, b, "again").as_numpy("y")
     again = step(triton, LNSC, a, "again", sequence_start=True).as_numpy("y")
     np.testing.assert_allclose(again, first, atol=1e-7)
-    np.testing.assert_allclose(step(triton, LNSC, b, "again", sequence_end=True).as_numpy("y"),
-                               moved, atol=1e-7)
+    np.testing.assert_allclose(
+        step(triton, LNSC, b, "again", sequence_end=True).as_numpy("y"), moved, atol=1e-7
+    )
 
 
 def test_sequences_are_per_model_and_batch_one(triton: th.InferenceServerClient) -> None:
@@ -204,8 +209,7 @@ def test_sequence_start_from_carried_state(
     x = xs(LNSC, 1, 10)
     first = triton.infer(LNSC, [x_input(x[:, :4])])
     carried = [x_input(first.as_numpy(s), name=s) for s in STATES[LNSC]]
-    second = triton.infer(LNSC, [x_input(x[:, 4:7]), *carried], sequence_id=31,
-                          sequence_start=True)
+    second = triton.infer(LNSC, [x_input(x[:, 4:7]), *carried], sequence_id=31, sequence_start=True)
     with pytest.raises(InferenceServerException) as e:
         triton.infer(LNSC, [x_input(x[:, 7:]), *carried], sequence_id=31)
     assert e.value.status() == "400" and "start" in e.value.message()
