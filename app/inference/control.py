@@ -155,8 +155,8 @@ class ModelControl:
         if self.metrics is not None:  # what the start loaded and refused counts as well
             for e in self.registry.engines():
                 self.metrics.model_loads.labels(e.name, str(e.version), "loaded").inc()
-            for key in self.registry.refused:
-                name, _, version = key.rpartition("/")
+            for refused in self.registry.refused:
+                name, _, version = refused.rpartition("/")
                 self.metrics.model_loads.labels(name, version, "refused").inc()
         if self.mode == "poll":
             self._spawn(self._every(self.poll_seconds, self.poll))
@@ -298,8 +298,8 @@ class ModelControl:
             for key, (path, fp) in sorted(listing.items()):
                 w = self._watch.setdefault(key, _Watch())
                 still, w.seen = fp == w.seen, fp
-                ready = key[1] in self.registry.snapshot.ready.get(key[0], {})
-                if not still or (ready and fp == w.served):
+                served = key[1] in self.registry.snapshot.ready.get(key[0], {})
+                if not still or (served and fp == w.served):
                     continue
                 if fp != w.tried or w.waiting:
                     await self._load_one(key, path, fp)

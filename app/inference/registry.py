@@ -174,7 +174,7 @@ class ModelRegistry:
         engine = snap.ready.get(name, _EMPTY).get(version)
         if engine is None and (name, version) in snap.draining:
             engine = snap.draining[(name, version)].engine
-        return engine  # type: ignore[no-any-return]
+        return engine
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._snap.ready.values())

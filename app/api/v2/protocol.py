@@ -383,7 +383,8 @@ async def _continue(
         wanted = requested_outputs(engine, req)
         seen.append((engine, wanted))
         check_limits(dp, engine, x, wanted)
-        return x[0]
+        chunk: np.ndarray = x[0]
+        return chunk
 
     try:
         step = await dp.step_parsed(key, parse, req.offset)
