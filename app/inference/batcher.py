@@ -90,13 +90,14 @@ def _gather(calls: list[_Call]) -> dict[str, np.ndarray] | None:
     arrays = None if type(first) is dict else getattr(first, "arrays", None)
     if arrays is None:
         return None
+    shared: dict[str, np.ndarray] = arrays
     rows: list[int] = []
     for c in calls:
         st = c.states
-        if type(st) is dict or getattr(st, "arrays", None) is not arrays:
+        if type(st) is dict or getattr(st, "arrays", None) is not shared:
             return None
         rows += st.rows  # type: ignore[union-attr]
-    return {name: a[rows] for name, a in arrays.items()}
+    return {name: a[rows] for name, a in shared.items()}
 
 
 def _merge(engine: Engine, calls: list[_Call]) -> tuple[np.ndarray,

@@ -168,11 +168,12 @@ class KeyedLocks:
             self._locks[key] = [None, 1]
             return False
         entry[1] += 1
-        if entry[0] is None:
-            entry[0] = asyncio.Lock()
-            await entry[0].acquire()  # free: taken at once, for the holder
+        lock = entry[0]
+        if lock is None:
+            lock = entry[0] = asyncio.Lock()
+            await lock.acquire()  # free: taken at once, for the holder
         try:
-            await entry[0].acquire()
+            await lock.acquire()
         except BaseException:  # cancelled while waiting
             self._leave(key, entry)
             raise

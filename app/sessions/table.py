@@ -113,6 +113,12 @@ class RowState(Mapping[str, np.ndarray]):
         return {k: self[k] for k in self._table._states}
 
 
+def _view(column: np.ndarray) -> Any:
+    """A memoryview of a column (`ndarray.data`): its items are Python floats and ints, which
+    typeshed's memoryview, typed for bytes, cannot say."""
+    return column.data
+
+
 class SessionTable:
     """The sessions of one layout, by row (see the module doc). No checks of ids or expiry
     here: the store (app/sessions/memory.py) owns the index, the locks and the rules.
@@ -147,11 +153,11 @@ class SessionTable:
         self._states = {name: grown(a) for name, a in self._states.items()}
         c = self._columns = {k: grown(a, _NEVER if k == "indexed" else 0)
                              for k, a in self._columns.items()}  # fmt: skip
-        self.expires, self._created = memoryview(c["expires"]), memoryview(c["created"])
-        self._ttl, self._offset = memoryview(c["ttl"]), memoryview(c["offset"])
-        self._last_offset, self._indexed = memoryview(c["last_offset"]), memoryview(c["indexed"])
-        self._flags = memoryview(c["flags"])
-        self._digest = memoryview(c["digest"]).cast("B")  # row r: bytes [32 r, 32 r + 32)
+        self.expires, self._created = _view(c["expires"]), _view(c["created"])
+        self._ttl, self._offset = _view(c["ttl"]), _view(c["offset"])
+        self._last_offset, self._indexed = _view(c["last_offset"]), _view(c["indexed"])
+        self._flags = _view(c["flags"])
+        self._digest = _view(c["digest"]).cast("B")  # row r: bytes [32 r, 32 r + 32)
         if self._out is not None:
             self._out = grown(self._out)
         self._keys.extend([None] * (rows - self._cap))
@@ -324,7 +330,7 @@ class SessionTable:
     def soonest(self) -> float | None:
         """The soonest expiry of a live row (to the millisecond), None when there is none."""
         row = self._first(None)
-        return None if row is None else self.expires[row]  # type: ignore[no-any-return]
+        return None if row is None else self.expires[row]
 
     def pop_expired(self, at: float) -> int | None:
         """A row expired at `at`, soonest first, its heap entry removed; None when there is
