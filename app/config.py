@@ -1,4 +1,4 @@
-"""Settings: every PEEPHOLE_* variable of CONTRACT section 2, read once (environment, then `.env`).
+"""Settings: every PEEPHOLE_* variable (docs/API.md), read once (environment, then `.env`).
 
 Validators refuse unsafe or inconsistent values at start rather than at the first request.
 """
@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """The service configuration (CONTRACT section 2 plus a few internal knobs)."""
+    """The service configuration (the documented variables plus a few internal knobs)."""
 
     model_config = SettingsConfigDict(
         env_prefix="PEEPHOLE_",

@@ -62,7 +62,7 @@ class PredictResult:
     engine: Engine
     outputs: list[np.ndarray]  # per sequence: [T_b, O], or [O] without return_sequences
     states: list[dict[str, np.ndarray]] | None  # per sequence, no batch dimension
-    internals: list[dict[str, Any]] | None  # per sequence, CONTRACT's internals form
+    internals: list[dict[str, Any]] | None  # per sequence, the documented internals form
 
 
 @dataclass
@@ -74,7 +74,7 @@ class StepResult:
 
 
 def internals_of(ints: dict[str, np.ndarray], b: int, length: int) -> dict[str, Any]:
-    """Sequence b's internals as CONTRACT section 3 lays them out (contiguous for orjson)."""
+    """Sequence b's internals as docs/API.md lays them out (contiguous for orjson)."""
     gates = ints["gates"][b, :length]  # [T, blocks, 3]: input, forget, output
     return {
         "cell_states": np.ascontiguousarray(ints["cell_states"][b, :length]),

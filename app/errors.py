@@ -2,7 +2,7 @@
 
 Every failure the service can meet (our own errors, FastAPI/pydantic validation, unknown
 routes, oversized bodies, unexpected bugs) ends here. The body follows the protocol the path
-belongs to: `{"detail": "<readable>", ...}` with a CONTRACT section 3 code on the native API,
+belongs to: `{"detail": "<readable>", ...}` with a documented code (docs/API.md) on the native API,
 `{"error": "<readable>"}` with a section 4 code (malformed input is 400, not 422) under /v2,
 as Triton answers. `classify` says which error any exception is, `error_parts` how it is
 worded; the exception handlers, the edge middlewares and the fast path all answer through
@@ -279,7 +279,7 @@ async def _handle(request: Request, exc: Exception) -> Response:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Register the one mapping from exceptions to CONTRACT status codes and bodies."""
+    """Register the one mapping from exceptions to the documented status codes and bodies."""
     kinds = (PeepholeError, RequestValidationError, ValidationError, StarletteHTTPException)
     for kind in (*kinds, Exception):
         app.add_exception_handler(kind, _handle)

@@ -2,7 +2,7 @@
 
 The page lives in `app/static/ui/` as plain files (no build step). It is served as ONE
 document with its stylesheets and scripts inlined: `/ui` is the only page route that stays
-open when PEEPHOLE_API_KEYS is set (CONTRACT section 2), and a browser cannot send a Bearer
+open when PEEPHOLE_API_KEYS is set (docs/API.md, "Conventions"), and a browser cannot send a Bearer
 key with `<script src>` or `<link href>`, so separate asset URLs would answer 401. Every
 tag marked `data-inline` in index.html is replaced by the file it names; a Content Security
 Policy allows exactly those inline blocks (by hash) and same-origin fetches and WebSockets.

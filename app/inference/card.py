@@ -2,7 +2,7 @@
 
 The exporter (training/export.py) builds a `ModelCard` and writes it; the server's model
 repository parses every `model.json` with it and refuses a version whose card is invalid.
-CONTRACT.md section 1 fixes the required fields; the rest are ours.
+docs/API.md ("The model repository") lists the required fields; the rest are ours.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class OnnxInfo(BaseModel):
     opset: int
     sha256: str  # of model.onnx
     lowering: Literal["lstm", "scan"] = "lstm"
-    # Optional extra graphs with the same weights: "internals" (CONTRACT section 1), "cuda"
+    # Optional extra graphs with the same weights: "internals" (docs/API.md), "cuda"
     # (plain operators only, for the CUDA provider).
     internals: GraphFile | None = None
     cuda: GraphFile | None = None

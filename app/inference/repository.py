@@ -2,7 +2,7 @@
 
 Finding is separate from holding (see registry.py). A version whose card is invalid, whose
 files are missing or whose sha256 does not match is refused with one log line saying why;
-the rest of the repository is still served (CONTRACT section 1).
+the rest of the repository is still served (docs/API.md, "The model repository").
 
 Model control (control.py) re-reads the repository while serving: `version_dirs` lists it
 and `fingerprint` says, from file sizes and modification times alone, whether a version's

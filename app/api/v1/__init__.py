@@ -1,1 +1,1 @@
-"""The native REST API (CONTRACT section 3): routers, request schemas and the JSON codec."""
+"""The native REST API (docs/API.md): routers, request schemas and the JSON codec."""

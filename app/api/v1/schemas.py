@@ -1,4 +1,4 @@
-"""Request and response models of the native API (CONTRACT section 3).
+"""Request and response models of the native API (docs/API.md).
 
 Numeric payloads (`inputs`, `state`) are typed `Any` for parsing, with their real JSON
 schema attached for /docs: pydantic would check millions of floats one by one, while

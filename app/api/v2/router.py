@@ -1,4 +1,4 @@
-"""The Open Inference Protocol (KServe v2) as Triton's HTTP endpoint speaks it (CONTRACT s. 4).
+"""The Open Inference Protocol (KServe v2) as Triton's HTTP endpoint speaks it (docs/API.md).
 
 A thin transport layer: `codec.py` turns the JSON (+ binary tensors) wire format into an
 `InferRequest` of numpy arrays and back; `protocol.py`, shared with the gRPC endpoint

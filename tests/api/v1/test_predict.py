@@ -1,5 +1,5 @@
 """Whole-sequence prediction: parity with PyTorch, exact ragged batches, state in and out,
-internals, and every malformed input answered with its CONTRACT code."""
+internals, and every malformed input answered with its documented code."""
 
 from __future__ import annotations
 
