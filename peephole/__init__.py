@@ -13,6 +13,7 @@ from peephole.aio import AsyncClient, AsyncSession
 from peephole.client import Client, Session
 from peephole.errors import (
     CapacityReached,
+    IncompatibleVersion,
     InvalidInput,
     ModelNotFound,
     NotFound,
@@ -22,6 +23,7 @@ from peephole.errors import (
     SessionNotFound,
     Unauthorized,
     Unavailable,
+    VersionGone,
 )
 from peephole.protocol import Prediction, Step
 from peephole.retry import Retry, RetryStats
@@ -31,6 +33,7 @@ __all__ = [
     "AsyncSession",
     "CapacityReached",
     "Client",
+    "IncompatibleVersion",
     "InvalidInput",
     "ModelNotFound",
     "NotFound",
@@ -45,4 +48,5 @@ __all__ = [
     "Step",
     "Unauthorized",
     "Unavailable",
+    "VersionGone",
 ]

@@ -250,6 +250,11 @@ class AsyncSession(SessionBase[AsyncClient]):
         await self.client.run(self.client.protocol.reset(self.info))
         return self
 
+    async def migrate(self, version: int) -> AsyncSession:
+        """Move to another version of the model with the same state layout (see Session)."""
+        await self.client.run(self.client.protocol.migrate(self.info, version))
+        return self
+
     async def refresh(self) -> AsyncSession:
         await self.client.run(self.client.protocol.refresh(self.info))
         return self

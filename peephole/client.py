@@ -232,6 +232,12 @@ class Session(SessionBase[Client]):
         self.client.run(self.client.protocol.reset(self.info))
         return self
 
+    def migrate(self, version: int) -> Session:
+        """Move to another version of the model with the same state layout, state and offset
+        kept (IncompatibleVersion when the layouts differ); `s.version` then says it."""
+        self.client.run(self.client.protocol.migrate(self.info, version))
+        return self
+
     def refresh(self) -> Session:
         """Adopt the server's offset and expiry (after an OffsetConflict you understand)."""
         self.client.run(self.client.protocol.refresh(self.info))

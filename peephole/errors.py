@@ -59,6 +59,16 @@ class OffsetConflict(PeepholeError):
         self.client_offset = client_offset
 
 
+class VersionGone(PeepholeError):
+    """410: the session's model version was unloaded and its drain ended. Nothing was applied;
+    the state can still be read, and `migrate` moves the session to a version with the same
+    state layout."""
+
+
+class IncompatibleVersion(PeepholeError):
+    """409 from `migrate`: the target version's state layout differs from the session's."""
+
+
 class PayloadTooLarge(PeepholeError):
     """413: body, batch, sequence (or the response) over the server's limits."""
 
@@ -90,6 +100,7 @@ class Unavailable(PeepholeError):
 _BY_STATUS: dict[int, type[PeepholeError]] = {
     401: Unauthorized,
     409: OffsetConflict,
+    410: VersionGone,
     413: PayloadTooLarge,
     422: InvalidInput,
     429: CapacityReached,

@@ -26,6 +26,7 @@ from urllib.parse import quote
 import numpy as np
 
 from peephole.errors import (
+    IncompatibleVersion,
     InvalidInput,
     OffsetConflict,
     PeepholeError,
@@ -345,6 +346,20 @@ class Protocol:
         state = yield from self.export(info)
         ttl = ttl or info.ttl_seconds or None
         return (yield from self.create_session(info.model, info.version, ttl, state, info.offset))
+
+    def migrate(self, info: SessionInfo, version: int) -> Op[SessionInfo]:
+        """Pin the session to another version of its model, state and offset kept (a rolling
+        model update). Idempotent: a retry finds the session already there."""
+        call = Call("POST", info.path + "/migrate", dumps({"version": int(version)}).encode())
+        reply, _ = yield from self.exchange(call, f"migrate session {info.id}")
+        if reply.status == 409:
+            body = reply.body if isinstance(reply.body, dict) else {}
+            raise IncompatibleVersion(str(body.get("detail") or "HTTP 409"), 409, body)
+        if reply.status != 200:
+            raise error_for(reply.status, reply.body, dict(reply.headers), session=True)
+        fresh = SessionInfo.of(reply.body)
+        info.version, info.expires_at = fresh.version, fresh.expires_at
+        return info
 
     def reset(self, info: SessionInfo) -> Op[SessionInfo]:
         """Back to offset 0 (idempotent, so retried freely)."""
