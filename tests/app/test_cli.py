@@ -130,3 +130,15 @@ def test_workers_of_another_manager_need_one_lmdb_path(monkeypatch: pytest.Monke
     monkeypatch.setenv("PEEPHOLE_SESSION_STORE", "lmdb")
     with pytest.raises(RuntimeError, match="needs PEEPHOLE_LMDB_PATH"):
         factory()
+
+
+def test_a_serving_process_settles_the_garbage_collector() -> None:
+    """The app a worker serves is built with the start-up objects frozen out of the collector
+    and a high first threshold (a 1000-step JSON body must not trigger a collection)."""
+    code = ("import gc; from app.__main__ import factory; factory(); "
+            "print(gc.get_freeze_count(), gc.get_threshold()[0])")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PEEPHOLE_")}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       env={**env, "PYTHONPATH": str(ROOT)}, timeout=60)  # fmt: skip
+    frozen, threshold = map(int, r.stdout.split())
+    assert frozen > 10_000 and threshold == 20_000, r.stderr[-2000:]
