@@ -1,8 +1,8 @@
-"""gRPC benchmark: ModelStreamInfer vs /v1 HTTP steps vs TorchServe, ModelInfer vs /v2 REST.
+"""Streams benchmark: gRPC ModelStreamInfer and the WebSocket vs /v1 HTTP steps vs TorchServe.
 
-    python bench/grpc_bench.py                  # every case, the TorchServe peer included
+    python bench/grpc_bench.py --peers DIR      # every case, the TorchServe peer included
     python bench/grpc_bench.py --rounds 3       # repeat; each ratio with its range
-    python bench/grpc_bench.py --no-peer        # without TorchServe
+    python bench/grpc_bench.py                  # without TorchServe (no peers' folder given)
     python bench/grpc_bench.py --quick          # smoke run (no peer, 1 s per case)
 
 Cases, all against ONE `python -m app` serving HTTP and gRPC (the model of bench/http_bench.py,
@@ -11,23 +11,27 @@ the TorchServe peer's size), each WARMUP s not reported, then DURATION s:
           connections), one step per message ([1, 1, 1] x = 1.0, output y), the next sent
           when the answer is back; the first message starts the sequence. Every answer's
           `offset` parameter must be the previous one + 1 (no step lost or applied twice).
+  ws      the same workload over the WebSocket: 64 sessions (created first), each on its own
+          WS /v1/sessions/{id}/stream, one step per text message ({"inputs": [[1.0]]}), the
+          next sent when the answer is back, every answer's offset the previous one + 1
+          (Python `websockets` client, no compression).
   steps   the same workload over /v1 HTTP: one-step POST /v1/sessions/{id}/steps over 64
           sessions, 64 connections (bench/http_bench.py's case, wrk, same body as the peer).
-  peer    TorchServe's stateful case (its own bench.sh: 64 sequences x 1 step, 64 conns).
+  peer    TorchServe's stateful case (its own bench.sh: 64 sequences x 1 step, 64 conns),
+          when the peers' folder is given (--peers DIR or PEERS_DIR; bench/peers.py drives it).
   unary   ModelInfer, 1 sequence x 10 steps (the peer's T=10 values), 16 calls in flight,
           against POST /v2/models/lstm/infer with the same tensor as JSON (wrk, 16 conns).
-The gRPC clients are Python (grpc.aio on uvloop, requests serialised once); wrk is C. So that
-a client's cost does not come out of the server's, the server (and the peer) run on the first
-half of the cores and every client on the other half (--no-pin: no pinning). Next to steps/s
-each line gives the server's CPU time per step (all its processes and threads), the measure
-that moves least on a shared machine.
+The gRPC and WebSocket clients are Python (on uvloop; gRPC requests serialised once); wrk is C.
+So that a client's cost does not come out of the server's, the server (and the peer) run on
+the first half of the cores and every client on the other half (--no-pin: no pinning). Next
+to steps/s each line gives the server's CPU time per step (all its processes and threads),
+the measure that moves least on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -44,12 +48,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT)]
 
-import http_bench  # noqa: E402  (the HTTP harness: wrk, the peer, the model, CPU accounting)
-from http_bench import LUA, Result, free_port, tree_cpu  # noqa: E402
+import http_bench  # noqa: E402  (the HTTP harness: wrk, the model, CPU accounting)
+from http_bench import LUA, Result, free_port, pin_tree, tree_cpu  # noqa: E402
+from peers import Peer, run_peer  # noqa: E402
 
 STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 T10 = [0.9, 1.0, 1.1, 0.95, 0.9, 1.0, 1.05, 1.1, 1.0, 0.9]  # the peer's T=10 body
+WS_STEP = '{"inputs": [[1.0]]}'  # one step per WebSocket message, the body of the steps case
 
 
 # -- clients (run as subprocesses: python bench/grpc_bench.py --client ...) -----------------
@@ -96,7 +102,8 @@ async def _client(kind: str, target: str, n: int, channels: int, warmup: float,
 
     from app.api.grpc._proto import grpc_service_pb2 as pb
 
-    chans = [grpc.aio.insecure_channel(target) for _ in range(max(1, min(channels, n)))]
+    chans = [] if kind == "ws" else [grpc.aio.insecure_channel(target)
+                                     for _ in range(max(1, min(channels, n)))]  # fmt: skip
     tally, lat = Tally(), []
     phase = 0  # 0 warm-up, 1 measured, 2 stop
 
@@ -121,6 +128,25 @@ async def _client(kind: str, target: str, n: int, channels: int, warmup: float,
             tally.ok += phase == 1
         await call.done_writing()
 
+    async def ws(i: int, session: str) -> None:
+        from websockets.asyncio.client import connect
+
+        url = f"{target.replace('http', 'ws', 1)}/v1/sessions/{session}/stream"
+        async with connect(url, compression=None) as sock:
+            offset = 0
+            while phase < 2:
+                t0 = time.perf_counter()
+                await sock.send(WS_STEP)
+                r = json.loads(await sock.recv())
+                if phase == 1:
+                    lat.append(time.perf_counter() - t0)
+                if "offset" not in r or "outputs" not in r:
+                    tally.errors += 1
+                    continue
+                tally.bad_offsets += r["offset"] != offset + 1
+                offset = r["offset"]
+                tally.ok += phase == 1
+
     async def unary(i: int) -> None:
         body = _t10_request()
         call = chans[i % len(chans)].unary_unary(INFER)
@@ -135,7 +161,13 @@ async def _client(kind: str, target: str, n: int, channels: int, warmup: float,
                 lat.append(time.perf_counter() - t0)
                 tally.ok += 1
 
-    tasks = [asyncio.ensure_future((stream if kind == "stream" else unary)(i)) for i in range(n)]
+    if kind == "ws":
+        ids = [http_bench.post(target + "/v1/sessions", {"model": "lstm", "ttl_seconds": 3600})
+               ["session_id"] for _ in range(n)]  # fmt: skip
+        tasks = [asyncio.ensure_future(ws(i, sid)) for i, sid in enumerate(ids)]
+    else:
+        tasks = [asyncio.ensure_future((stream if kind == "stream" else unary)(i))
+                 for i in range(n)]  # fmt: skip
     await asyncio.sleep(warmup)
     phase, tally.ok, t_start = 1, 0, time.perf_counter()
     print("START", flush=True)
@@ -160,21 +192,6 @@ def client_main(a: argparse.Namespace) -> int:
 
 
 # -- the run ----------------------------------------------------------------------------------
-
-
-def pin_tree(root: int, cpus: set[int]) -> None:
-    """Every thread of `root` and its descendants onto `cpus` (threads do not inherit later)."""
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):  # a thread may have ended meanwhile
-                os.sched_setaffinity(int(task), cpus)
-        try:
-            with open(f"/proc/{pid}/task/{pid}/children") as f:
-                todo += [int(c) for c in f.read().split()]
-        except OSError:
-            pass
 
 
 def drain(proc: subprocess.Popen[bytes]) -> list[str]:
@@ -259,10 +276,15 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--sequences", type=int, default=64)
     ap.add_argument("--channels", type=int, default=4, help="HTTP/2 connections of the streams")
-    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument(
+        "--peers",
+        default=os.environ.get("PEERS_DIR"),
+        metavar="DIR",
+        help="the peers' folder, for TorchServe's stateful case (else $PEERS_DIR)",
+    )
     ap.add_argument("--no-pin", action="store_true")
     # client mode (internal)
-    ap.add_argument("--client", choices=["stream", "unary"], help=argparse.SUPPRESS)
+    ap.add_argument("--client", choices=["stream", "unary", "ws"], help=argparse.SUPPRESS)
     ap.add_argument("--target", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=64, help=argparse.SUPPRESS)
     ap.add_argument("--base", type=int, default=1, help=argparse.SUPPRESS)
@@ -274,13 +296,13 @@ def main() -> int:
         return 0 if a.quick else 1
     cores = sorted(os.sched_getaffinity(0))
     if a.quick:
-        a.no_peer, a.duration, a.warmup, a.rounds = True, 1, 1, 1
+        a.peers, a.duration, a.warmup, a.rounds = None, 1, 1, 1
     server_cpus = set(cores[: max(1, len(cores) // 2)])
     client_cpus = set(cores[len(cores) // 2 :]) or set(cores)
     pin = not a.no_pin and len(cores) > 1
     workers = a.workers or max(1, len(server_cpus if pin else cores) // 2)
     work = Path(tempfile.mkdtemp(prefix="peephole-grpc-bench-"))
-    started_peer = False
+    peer = Peer(Path(a.peers).resolve() / "torchserve") if a.peers else None
     rounds: list[dict[str, Result]] = []
     try:
         http_bench.write_bodies(work)
@@ -291,16 +313,11 @@ def main() -> int:
                  if pin else "no pinning"))  # fmt: skip
         if pin:
             os.sched_setaffinity(0, client_cpus)  # wrk and the clients inherit it
-        if not a.no_peer:
-            started_peer = http_bench.peer_start()
         for n in range(a.rounds):
             print(f"\nround {n + 1}/{a.rounds}")
             r: dict[str, Result] = {}
-            if not a.no_peer:
-                peer = http_bench.peer_pid()
-                if pin and peer:
-                    pin_tree(peer, server_cpus)
-                got = http_bench.peer_bench(a.warmup, a.duration)
+            if peer is not None:
+                got = run_peer(peer, a.warmup, a.duration, server_cpus if pin else None)
                 if "steps" in got:
                     r["TorchServe"] = got["steps"]
             gport = free_port()
@@ -317,6 +334,10 @@ def main() -> int:
                                              a.channels, a.warmup, a.duration)  # fmt: skip
                 line("Peephole gRPC", f"ModelStreamInfer, {a.sequences} sequences",
                      r["gRPC stream"])  # fmt: skip
+                r["WebSocket"] = grpc_case("ws", svc.proc.pid, svc.url, a.sequences, 1,
+                                           a.warmup, a.duration)  # fmt: skip
+                line("Peephole WebSocket", f"1 step per message, {a.sequences} sessions",
+                     r["WebSocket"])  # fmt: skip
                 r["REST v2"] = v2_case(svc, work, 16, a.warmup, a.duration)
                 line("Peephole /v2 REST", "infer T=10, 16 conns", r["REST v2"])
                 r["gRPC unary"] = grpc_case("unary", svc.proc.pid, target, 16, 1, a.warmup,
@@ -332,9 +353,11 @@ def main() -> int:
         ratios(rounds, "gRPC stream", "HTTP steps", "stream / HTTP /v1 steps (goal >= 2x)")
         ratios(rounds, "gRPC stream", "TorchServe", "stream / TorchServe stateful (goal >= 3x)")
         ratios(rounds, "gRPC unary", "REST v2", "ModelInfer / /v2 REST T=10 (goal >= 1x)")
+        ratios(rounds, "WebSocket", "TorchServe", "WebSocket / TorchServe stateful (goal >= 3x)")
+        ratios(rounds, "WebSocket", "HTTP steps", "WebSocket / HTTP /v1 steps")
     finally:
-        if started_peer:
-            subprocess.run(["bash", str(http_bench.PEER / "stop.sh")], capture_output=True)
+        if peer is not None:
+            peer.stop()
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

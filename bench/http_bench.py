@@ -1,33 +1,35 @@
-"""HTTP benchmark: Peephole vs the TorchServe peer vs a bare FastAPI app, side by side, one run.
+"""HTTP benchmark: Peephole vs a bare FastAPI app, side by side, one run.
 
-    bench/http.sh                         # peer + Peephole + bare app, 3 cases, 1 round
+    bench/http.sh                         # Peephole + bare app, 3 cases, 1 round
     bench/http.sh --rounds 3              # repeat, report the range of each ratio
-    bench/http.sh --no-peer --workers 1   # without TorchServe
+    bench/http.sh --workers 2             # 2 workers (they share sessions through lmdb)
     bench/http.sh --batching              # + batched vs unbatched steps, lone latency
-    bench/http.sh --quick                 # smoke run (no peer, 1 s per case, no warm-up)
-    bench/http.sh --no-peer --baseline /tmp/base   # + Peephole from another checkout, e.g.
+    bench/http.sh --latency --cases ""    # only p99 of one-step calls at 50% of peak vs idle p50
+    bench/http.sh --quick                 # smoke run (1 s per case, no warm-up)
+    bench/http.sh --baseline /tmp/base    # + Peephole from another checkout, e.g.
         # mkdir /tmp/base && git archive main | tar -x -C /tmp/base   (before/after a change)
 
-(bench/http.sh runs this file, bench/http_bench.py, with the same arguments.)
+(bench/http.sh runs this file, bench/http_bench.py, with the same arguments. The peers,
+TorchServe, KServe, BentoML and LitServe, are bench/peers.sh's; it uses this file's cases.)
 
-The cases are the peer's (shared/peers/torchserve/bench.sh), with the same wrk settings
+The cases are the peers' (their bench.sh), with the same wrk settings
 (`wrk -t1 -cC -dD --timeout 10s`, WARMUP s not reported, then DURATION s), the same request
 bodies (byte for byte) and the same lua result line:
   1. predict, 1 sequence x 10 steps, 16 connections;
   2. predict, 1 sequence x 1000 steps, 4 connections;
   3. one-step session calls, {"inputs": [[1.0]]}, spread over 64 sessions, 64 connections
      (Peephole: POST /v1/sessions/{id}/steps, the sessions created beforehand).
-The peer runs through its own scripts, as its README says: setup.sh (once), start.sh, bench.sh,
-stop.sh (when this script started it). Peephole serves a model of the peer's size (plain
-topology, 1 input, 32 blocks, 1 linear output, tanh g/h) exported by training.export from a
-seeded random PeepholeLSTM into a temporary repository, with `python -m app`
-(PEEPHOLE_WORKERS, access log off as on the peer). The bare app is bench/bare_fastapi.py under
-uvicorn with the same worker count. Ratios are req/s over req/s of the same round.
+Peephole serves a model of the peers' size (plain topology, 1 input, 32 blocks, 1 linear
+output, tanh g/h) exported by training.export from a seeded random PeepholeLSTM into a
+temporary repository, with `python -m app` (PEEPHOLE_WORKERS, access log off as on the
+peers). The bare app is bench/bare_fastapi.py under uvicorn with the same worker count.
+Ratios are req/s over req/s of the same round.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -37,7 +39,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -45,16 +46,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LUA = ROOT / "bench" / "wrk"
-PEER = Path(os.environ.get("PEER_DIR", ROOT.parent / "shared" / "peers" / "torchserve"))
 CASES = {
     "t10": ("predict T=10, 16 conns", 16),
     "t1000": ("predict T=1000, 4 conns", 4),
     "steps": ("1 step x 64 sessions, 64 conns", 64),
-}
-PEER_LINES = {  # bench.sh line prefixes -> case (longest first: "T=10" prefixes "T=1000")
-    "predict T=1000,": "t1000",
-    "predict T=10,": "t10",
-    "1 step x": "steps",
 }
 
 
@@ -98,6 +93,21 @@ def tree_cpu(root: int) -> float:
         total += used.get(pid, 0.0)
         todo += [c for c, p in parent.items() if p == pid]
     return total
+
+
+def pin_tree(root: int, cpus: set[int]) -> None:
+    """Every thread of `root` and its descendants onto `cpus` (threads do not inherit later)."""
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):  # a thread may have ended meanwhile
+                os.sched_setaffinity(int(task), cpus)
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
 
 
 def free_port() -> int:
@@ -230,6 +240,13 @@ def bare(workers: int) -> Service:
     return Service(f"bare FastAPI x{workers}", cmd, {}, port)
 
 
+def bare_asgi(workers: int) -> Service:
+    """bench/bare_asgi.py: a fixed body on Peephole's own server stack (the HTTP ceiling)."""
+    port = free_port()
+    cmd = [sys.executable, str(ROOT / "bench" / "bare_asgi.py"), str(port), str(workers)]
+    return Service(f"bare ASGI x{workers}", cmd, {"PYTHONPATH": str(ROOT)}, port)
+
+
 def run_cases(svc: Service, work: Path, cases: list[str], warmup: int, duration: int,
               conns: dict[str, int] | None = None) -> dict[str, Result]:  # fmt: skip
     out: dict[str, Result] = {}
@@ -262,82 +279,6 @@ def run_cases(svc: Service, work: Path, cases: list[str], warmup: int, duration:
         label = CASES[case][0] if c == CASES[case][1] else f"{case}, {c} connection(s)"
         print(f"  {svc.name:<22} {label:<32} {r}", flush=True)
     return out
-
-
-# -- the peer ---------------------------------------------------------------------------------
-
-
-def peer_up() -> bool:
-    try:
-        req = urllib.request.Request("http://127.0.0.1:8080/predictions/lstm", method="POST",
-                                     data=b'{"inputs": [[[0.5]]]}',
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(req, timeout=3) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def peer_start() -> bool:
-    """Start TorchServe with its scripts; True when this run started it (and must stop it)."""
-    if peer_up():
-        return False
-    if not Path("/tmp/ts-store/lstm_seq.mar").exists():
-        subprocess.run(["bash", str(PEER / "setup.sh")], check=True)
-    subprocess.run(["bash", str(PEER / "start.sh")], check=True)
-    return True
-
-
-def peer_pid() -> int | None:
-    try:
-        return int(Path("/tmp/ts-run/.model_server.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def peer_bench(warmup: int, duration: int) -> dict[str, Result]:
-    """bench.sh, read line by line; the server's CPU is sampled meanwhile, so that the CPU of
-    each case's measured part (the DURATION s before its line appears) can be told apart."""
-    env = {**os.environ, "WARMUP": str(warmup), "DURATION": str(duration)}
-    pid = peer_pid()
-    samples: list[tuple[float, float]] = []
-    stop_sampling = threading.Event()
-
-    def sample() -> None:
-        while pid and not stop_sampling.is_set():
-            samples.append((time.monotonic(), tree_cpu(pid)))
-            stop_sampling.wait(0.1)
-
-    def cpu_at(t: float) -> float:
-        before = [c for ts, c in samples if ts <= t]
-        return before[-1] if before else float("nan")
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    proc = subprocess.Popen(["bash", str(PEER / "bench.sh")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
-    results: dict[str, Result] = {}
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        now = time.monotonic()
-        m = re.match(r"(.*?)\s+([\d.]+) req/s\s+p50\s+([\d.]+) ms\s+p99\s+([\d.]+) ms\s+"
-                     r"non-2xx (\d+)\s+socket errors (\d+)", line)  # fmt: skip
-        if m:
-            case = next((c for p, c in PEER_LINES.items() if m.group(1).startswith(p)), None)
-            if case:
-                r = Result(float(m.group(2)), float(m.group(3)), float(m.group(4)),
-                           int(m.group(5)) + int(m.group(6)))  # fmt: skip
-                r.requests = int(r.rps * duration)
-                cpu = cpu_at(now) - cpu_at(now - duration)
-                r.cpu_us = cpu / max(1, r.requests) * 1e6
-                results[case] = r
-                print(f"  {'TorchServe 0.12':<22} {CASES[case][0]:<32} {r}", flush=True)
-        elif line.startswith(("correctness", "stateful bookkeeping")):
-            print(f"  peer {line.rstrip()}", flush=True)
-    stop_sampling.set()
-    if proc.wait(timeout=600):
-        raise RuntimeError(f"peer bench.sh failed: {proc.stderr.read() if proc.stderr else ''}")
-    return results
 
 
 # -- reports ----------------------------------------------------------------------------------
@@ -386,19 +327,52 @@ def batching(repo: Path, work: Path, workers: int, warmup: int, duration: int) -
           f"({w['lone'].p50 / u['lone'].p50:.2f}x)")  # fmt: skip
 
 
+def latency(repo: Path, work: Path, workers: int, warmup: int, duration: int) -> None:
+    """p99 of one-step calls at half the peak rate vs their p50 at idle (goal: within 3x).
+
+    Idle: one connection, one call after another. Peak: the steps case (64 sessions, 64
+    connections, back to back). Half the peak: the same 64 connections, each waiting a random
+    (exponential) time before each call, the mean set so that the calls add up to half the
+    peak req/s (calibrated on the previous run, at most 4 runs; the last one is reported)."""
+    print(f"\nLatency under load, {workers} worker(s): one-step calls over 64 sessions")
+    svc = peephole(repo, workers)
+    try:
+        idle = run_cases(svc, work, ["steps"], warmup, duration, {"steps": 1})["steps"]
+        peak = run_cases(svc, work, ["steps"], warmup, duration)["steps"]
+        conns = CASES["steps"][1]
+        ids = ",".join(svc.sessions(conns, "lstm"))
+        target = peak.rps / 2
+        period = conns / target * 1000  # ms from one call of a connection to its next
+        for _ in range(4):
+            mean = max(0.0, period - idle.p50)
+            r = wrk(svc.url + "/", conns, duration, LUA / "steps.lua",
+                    {"SESSION_IDS": ids, "DELAY_MS": f"{mean:.3f}"})  # fmt: skip
+            if abs(r.rps / target - 1) <= 0.1:
+                break
+            period *= r.rps / target
+        print(f"  half the peak: {r.rps:.0f} req/s = {r.rps / peak.rps:.2f} of the peak "
+              f"(mean wait {mean:.1f} ms per connection)  p50 {r.p50:.3f} ms  p99 {r.p99:.3f} ms"
+              f"  errors {r.errors}")  # fmt: skip
+        print(f"  p99 at half the peak / p50 at idle = {r.p99 / idle.p50:.2f}x (goal <= 3x); "
+              f"idle p50 {idle.p50:.3f} ms, p99 {idle.p99:.3f} ms; peak {peak.rps:.0f} req/s, "
+              f"p99 {peak.p99:.2f} ms")  # fmt: skip
+    finally:
+        svc.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="smoke run: no peer, 1 s, no warm-up")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 s per case, no warm-up")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--workers", type=int, default=0, help="0 = the service's default")
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--cases", default="t10,t1000,steps")
-    ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--no-bare", action="store_true")
     ap.add_argument("--batching", action="store_true", help="batched vs unbatched steps")
     ap.add_argument("--batching-only", action="store_true")
     ap.add_argument("--baseline", type=Path, help="also run Peephole from this checkout")
+    ap.add_argument("--latency", action="store_true", help="p99 at half the peak vs idle p50")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed: nothing measured (apt-get install wrk)")
@@ -406,10 +380,9 @@ def main() -> int:
     cases = [c for c in args.cases.split(",") if c]
     workers = args.workers or 1  # the service's default (bench/stores.py measures why)
     if args.quick:
-        args.no_peer, args.duration, args.warmup, args.rounds = True, 1, 0, 1
+        args.duration, args.warmup, args.rounds = 1, 0, 1
         workers = args.workers or 1
     work = Path(tempfile.mkdtemp(prefix="peephole-http-bench-"))
-    started_peer = False
     try:
         write_bodies(work)
         repo = build_repository(work)
@@ -421,14 +394,10 @@ def main() -> int:
         if args.batching_only:
             batching(repo, work, workers, args.warmup, args.duration)
             return 0
-        if not args.no_peer:
-            started_peer = peer_start()
         rounds: list[dict[str, dict[str, Result]]] = []
-        for n in range(args.rounds):
+        for n in range(args.rounds if cases else 0):  # --cases "": only the parts asked for
             print(f"\nround {n + 1}/{args.rounds}")
             r: dict[str, dict[str, Result]] = {}
-            if not args.no_peer:
-                r["TorchServe"] = peer_bench(args.warmup, args.duration)
             svc = peephole(repo, workers)
             try:
                 r["Peephole"] = run_cases(svc, work, cases, args.warmup, args.duration)
@@ -447,17 +416,15 @@ def main() -> int:
                 finally:
                     svc.close()
             rounds.append(r)
-        if not args.no_peer:
-            ratio_table("Peephole vs TorchServe", rounds, "Peephole", "TorchServe", cases)
-        if args.baseline:
+        if rounds and args.baseline:
             ratio_table(f"Peephole vs {args.baseline}", rounds, "Peephole", "baseline", cases)
-        if not args.no_bare:
+        if rounds and not args.no_bare:
             ratio_table(f"Peephole vs bare FastAPI (x{workers})", rounds, "Peephole", "bare", cases)
         if args.batching:
             batching(repo, work, workers, args.warmup, args.duration)
+        if args.latency:
+            latency(repo, work, workers, args.warmup, args.duration)
     finally:
-        if started_peer:
-            subprocess.run(["bash", str(PEER / "stop.sh")], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -24,3 +24,14 @@ function request()
   i = i % #reqs + 1
   return reqs[i]
 end
+
+-- With $DELAY_MS set, each connection waits a random time (exponential, that mean, in whole
+-- milliseconds as wrk counts them) before each request: paced load below the peak
+-- (bench/http.sh --latency). wrk's latency is from send to reply, the wait not included.
+local mean = tonumber(os.getenv("DELAY_MS") or "")
+if mean then
+  math.randomseed(os.time())
+  function delay()
+    return math.floor(-mean * math.log(1 - math.random()) + 0.5)
+  end
+end

@@ -6,6 +6,7 @@ real runs. Together well under 30 s.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -85,3 +86,14 @@ def test_attacks_quick() -> None:
     assert got["4 MB header"] == "1 x 431", out
     assert "x 503" in got["100 connections that send nothing"], out
     assert got["50 bodies that stall"] == "50 x 408", out
+
+
+def test_peers_bench_needs_the_peers_folder() -> None:
+    """bench/peers.sh has no default location for the peers' harnesses: it says how to give it."""
+    env = {k: v for k, v in os.environ.items() if k != "PEERS_DIR"}
+    done = subprocess.run(["bash", "bench/peers.sh"], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=60)  # fmt: skip
+    assert done.returncode != 0 and "PEERS_DIR" in done.stderr
+    done = subprocess.run(["bash", "bench/peers.sh", str(ROOT / "docs")], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert done.returncode != 0 and "no harness for torchserve" in done.stderr
