@@ -102,9 +102,6 @@ class Settings(BaseSettings):
     batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
     # Runs estimated under this many milliseconds run on the event loop (no thread hand-off).
     batch_inline_ms: float = Field(default=0.5, ge=0, le=100)
-    # Runs of one model version in flight at once, each on an inference thread; 0 = one per
-    # inference thread (long concurrent requests then use every core).
-    batch_parallel_runs: int = Field(default=0, ge=0)
     # Set by `python -m app` for its worker processes: every worker binds the gRPC port
     # (SO_REUSEPORT) and the kernel spreads connections over them. Off in a lone process, so
     # that a port already taken is an error at start, as for HTTP.

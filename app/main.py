@@ -108,7 +108,6 @@ def create_app(
             max_size=settings.batch_max_size,
             max_wait_ms=settings.batch_max_wait_ms,
             inline_ms=settings.batch_inline_ms,
-            parallel=settings.batch_parallel_runs,
         )
         app.state.dataplane = dp = DataPlane(reg, st, runner, settings, metrics)
         control = ModelControl(

@@ -12,10 +12,8 @@ request wait:
 - the first call of an event-loop iteration schedules a flush for the end of that iteration,
   so every request parsed in the same iteration (uvicorn reads many sockets per iteration
   under load) lands in the same batch, and a lone request runs at once;
-- up to `parallel` runs of one engine are in flight at once (default: one per inference
-  thread, so long runs of concurrent requests use every core); while that many are, new calls
-  queue and go together when one ends (at most `max_size` sequences per run; the rest in the
-  next run);
+- while a run of this engine is in flight, new calls queue and go together when it ends
+  (at most `max_size` sequences per run; the rest in the next run);
 - `max_wait_ms` > 0 additionally holds a partial batch up to that long (from its oldest
   call), but only while fewer sequences wait than the previous run had: concurrent clients
   come back together, so the batch is filled again; a lone client (previous run: itself) or
@@ -172,10 +170,8 @@ class BatchingRunner:
         max_size: int = 64,
         max_wait_ms: float = 0.0,
         inline_ms: float = 0.5,
-        parallel: int = 0,
     ) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="peephole-infer")
-        self.parallel = max(1, parallel or workers)  # runs of one engine in flight at once
         self._observe = observe
         self.max_size = max(1, max_size)
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
@@ -204,7 +200,7 @@ class BatchingRunner:
         if not q.calls:
             q.since = time.perf_counter()
         q.calls.append(_Call(x, states, lengths, future))
-        if not q.scheduled and q.inflight < self.parallel:
+        if not q.scheduled and not q.inflight:
             q.scheduled = True
             loop.call_soon(self._flush, engine, q)
         return await future
@@ -236,14 +232,13 @@ class BatchingRunner:
     # -- scheduling --------------------------------------------------------------------------
 
     def _flush(self, engine: Engine, q: _Queue) -> None:
-        """Dispatch what is queued, unless `parallel` runs are in flight (the end of one will
-        flush) or, with max_wait, fewer sequences wait than the last batch had (more are likely
-        on the way)."""
+        """Dispatch what is queued, unless a run is in flight (its end will flush) or, with
+        max_wait, fewer sequences wait than the last batch had (more are likely on the way)."""
         q.scheduled = False
         if q.timer is not None:
             q.timer.cancel()
             q.timer = None
-        while q.calls and q.inflight < self.parallel:
+        while q.calls and not q.inflight:
             if self.max_wait:
                 queued = sum(c.x.shape[0] for c in q.calls)
                 wait = q.since + self.max_wait - time.perf_counter()

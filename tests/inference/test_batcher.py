@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 
@@ -235,43 +234,3 @@ def test_one_non_finite_caller_fails_alone() -> None:
 async def _all_finite(r: BatchingRunner, engine: _Echo) -> list[EngineResult]:
     xs = [np.full((1, 2, 1), v, np.float32) for v in (1.0, 2.0)]
     return await asyncio.gather(*(r(engine, x, None, None) for x in xs))  # type: ignore[arg-type]
-
-
-class _Gate(_Echo):
-    """An engine stand-in whose runs meet at a barrier: two runs pass only if they overlap."""
-
-    def __init__(self, parties: int) -> None:
-        self.barrier = threading.Barrier(parties, timeout=2)
-
-    def run(self, x, states=None, lengths=None, internals=False):  # type: ignore[no-untyped-def]
-        self.barrier.wait()
-        return super().run(x, states, lengths, internals)
-
-
-async def _one_after_another(r: BatchingRunner, engine: _Gate) -> list[EngineResult]:
-    """A long call, then a second one while the first is in flight (a different loop turn)."""
-    x = np.ones((1, 2, 1), np.float32)
-    first = asyncio.ensure_future(r(engine, x, None, None))  # type: ignore[arg-type]
-    await asyncio.sleep(0.05)
-    return await asyncio.gather(first, r(engine, x, None, None))  # type: ignore[arg-type]
-
-
-def test_long_runs_of_concurrent_calls_use_every_inference_thread() -> None:
-    """With 2 inference threads, a call arriving while a run is in flight starts at once on
-    the other thread (the two runs overlap); with parallel=1 it waits for the first."""
-    r = BatchingRunner(2, None, max_size=64, inline_ms=0)
-    assert r.parallel == 2
-    try:
-        got = asyncio.run(_one_after_another(r, _Gate(2)))
-    finally:
-        r.close()
-    assert [g.y.tolist() for g in got] == [[[[1.0], [1.0]]]] * 2
-
-    r = BatchingRunner(2, None, max_size=64, inline_ms=0, parallel=1)
-    gate = _Gate(2)
-    try:
-        with pytest.raises(threading.BrokenBarrierError):
-            asyncio.run(_one_after_another(r, gate))
-    finally:
-        gate.barrier.abort()
-        r.close()
