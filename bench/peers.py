@@ -252,7 +252,12 @@ def main() -> int:
             print(f"\nround {n + 1}/{args.rounds}")
             r: dict[str, dict[str, Result]] = {}
             for peer in peers:
-                got = run_peer(peer, args.warmup, args.duration)
+                try:
+                    got = run_peer(peer, args.warmup, args.duration)
+                except RuntimeError as e:  # one peer's failure is reported, not the run's end
+                    print(f"  {peer.label}: FAILED, left out of this round\n    "
+                          + str(e).strip().replace("\n", "\n    ")[-1500:], flush=True)  # fmt: skip
+                    continue
                 r[peer.label] = {c: v for c, v in got.items() if c in cases}
             svc = http_bench.peephole(repo, args.workers)
             try:
