@@ -3,9 +3,10 @@
     python bench/bare_asgi.py PORT [WORKERS]
 
 It reads each request's body and answers one fixed JSON body (a one-step answer), nothing
-else: no routing, no parsing, no inference. It is served as `python -m app` serves Peephole
-(uvicorn on uvloop with the production HTTP protocol, app/edge/transport.py: one write per
-response), so bench/peers.sh can report Peephole's req/s as a fraction of it.
+else: no routing, no parsing, no inference. It is served exactly as `python -m app` serves
+Peephole (uvicorn with app/edge/server.py's options: uvloop, the production httptools protocol
+of app/edge/transport.py with one write per response and the connection limits), so
+bench/peers.sh can report Peephole's req/s as a fraction of it.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 def main() -> None:
     import uvicorn
 
-    from app.edge.transport import CoalescingHttpToolsProtocol
+    from app.config import Settings
+    from app.edge.server import server_options
 
     port, workers = int(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    uvicorn.run("bench.bare_asgi:app", host="127.0.0.1", port=port, workers=workers,
-                loop="uvloop", http=CoalescingHttpToolsProtocol, log_level="warning",
-                access_log=False, server_header=False)  # fmt: skip
+    options = server_options(Settings(log_level="warning", access_log=False))
+    uvicorn.run("bench.bare_asgi:app", host="127.0.0.1", port=port, workers=workers, **options)
 
 
 if __name__ == "__main__":
