@@ -306,7 +306,7 @@ class DataPlane:
             raise PayloadTooLarge(
                 f"{x.shape[0]} time steps; the limit is {self.settings.max_steps}"
             )
-        return await self._step(session_id, lambda _: x, offset, internals)
+        return await self._change(session_id, "step", self._stepper(lambda _: x, offset, internals))
 
     async def step_parsed(
         self,
@@ -322,15 +322,13 @@ class DataPlane:
         twice. Errors come in the same order: unknown session (404), version gone (410) or not
         held here (503), malformed chunk (parse's own 422/413), missing internals, offset.
         """
-        return await self._step(session_id, parse, offset, internals)
+        return await self._change(session_id, "step", self._stepper(parse, offset, internals))
 
-    async def _step(
-        self,
-        session_id: str,
-        chunk: Callable[[Engine], np.ndarray],
-        offset: int | None,
-        internals: bool,
-    ) -> StepResult:
+    def _stepper(
+        self, chunk: Callable[[Engine], np.ndarray], offset: int | None, internals: bool
+    ) -> Callable[[Session], Awaitable[StepResult]]:
+        """The change a step makes to its session (run by `_change`, under the store's lock)."""
+
         async def apply(s: Session) -> StepResult:
             engine = self.pinned(s)
             x = chunk(engine)
@@ -352,8 +350,9 @@ class DataPlane:
                 raise OffsetConflict(s.offset)
             if s.offset + x.shape[0] > MAX_OFFSET:
                 raise InvalidInput(f"this chunk would take the offset past {MAX_OFFSET}")
-            states = batch_state(s.state)
-            r = await self.infer(engine, x[None], states, None, internals)
+            self.check_limits(1, x.shape[0])  # (what `infer` checks; internals: above)
+            r = await self.runner(engine, x[None], batch_state(s.state), None, internals)
+            _check_finite(r)
             ints = internals_of(r.internals, 0, x.shape[0]) if r.internals else None
             y = np.ascontiguousarray(r.y[0])
             s.last_offset, s.last_digest, s.last_outputs, s.last_internals = (
@@ -366,7 +365,7 @@ class DataPlane:
             s.offset += x.shape[0]
             return StepResult(s, y, ints)
 
-        return await self._change(session_id, "step", apply)
+        return apply
 
     async def reset_session(self, session_id: str) -> Session:
         """Back to offset 0 and the initial state."""

@@ -23,7 +23,7 @@ CATEGORIES = [  # (category, substrings of "function file.py" frames)
       "batch_states "]),
     ("response (orjson dumps + send)", ["_answer fastpath"]),
     ("data plane (offsets, digest, results)",
-     ["DataPlane", "inputs_digest ", "_check_finite ", "_predict predict", "_steps_route ",
+     ["DataPlane", "inputs_digest ", "_check_finite ", "_predict predict", "apply_steps ",
       "internals_of "]),
     ("fast path (routing, body, metrics)", ["FastPath", "PeepholeAPI", "match fastpath"]),
     ("uvicorn HTTP (httptools parse, ASGI cycle, socket write)",

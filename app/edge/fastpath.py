@@ -47,7 +47,7 @@ STEPS = "/v1/sessions/{session_id}/steps"
 _JSON = (b"content-type", b"application/json")
 _DUMP_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
-Handler = Callable[[DataPlane, list[str], Any], Awaitable[dict[str, Any]]]
+Handler = Callable[[DataPlane, Any, Any], Awaitable[dict[str, Any]]]  # (dp, params, body)
 
 # Every middleware this path stands in for, and how it does that middleware's work.
 HONOURS: dict[type, str] = {
@@ -77,12 +77,9 @@ async def _predict_route(dp: DataPlane, params: list[str], body: Any) -> dict[st
     return await predict_body(dp, params[0], params[1] if len(params) > 1 else None, body)
 
 
-async def _steps_route(dp: DataPlane, params: list[str], body: Any) -> dict[str, Any]:
-    return await apply_steps(dp, params[0], body)
-
-
-def match(path: str) -> tuple[str, Handler, list[str]] | None:
-    """(route template, handler, path parameters) for a hot route, else None.
+def match(path: str) -> tuple[str, Handler, Any] | None:
+    """(route template, handler, path parameters) for a hot route, else None: the
+    parameters as the handler takes them (a list, or the one session id of the steps route).
 
     A parameter is one non-empty path segment, as Starlette's `{param}` matches it.
     """
@@ -96,7 +93,7 @@ def match(path: str) -> tuple[str, Handler, list[str]] | None:
         if n == 7 and parts[4] == "versions" and parts[6] == "predict":
             return PREDICT_VERSION, _predict_route, [parts[3], parts[5]]
     elif parts[2] == "sessions" and n == 5 and parts[4] == "steps":
-        return STEPS, _steps_route, [parts[3]]
+        return STEPS, apply_steps, parts[3]
     return None
 
 
@@ -164,7 +161,7 @@ class FastPath:
         return True
 
     async def _serve(self, dp: DataPlane, scope: Scope, receive: Receive, send: Send,
-                     handler: Handler, params: list[str]) -> int:  # fmt: skip
+                     handler: Handler, params: Any) -> int:  # fmt: skip
         body: bytes | bytearray = b""
         try:
             try:
@@ -183,7 +180,7 @@ async def _answer(send: Send, status: int, body: dict[str, Any],
                   headers: dict[str, str] | None = None) -> int:  # fmt: skip
     """One JSON response, as `NumpyJSONResponse` / `json_response` would write it."""
     data = orjson.dumps(body, option=_DUMP_OPTIONS)
-    raw = [_JSON, (b"content-length", str(len(data)).encode())]
+    raw = [_JSON, (b"content-length", b"%d" % len(data))]
     if headers:
         raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})

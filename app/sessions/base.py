@@ -54,9 +54,7 @@ def batch_state(state: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
 def inputs_digest(x: np.ndarray) -> str:
     """Identity of a chunk's inputs, to recognise a retry (shape and exact float32 bytes)."""
     x = np.ascontiguousarray(x, np.float32)
-    h = hashlib.sha256(repr(x.shape).encode())
-    h.update(x.tobytes())
-    return h.hexdigest()
+    return hashlib.sha256(repr(x.shape).encode() + x.tobytes()).hexdigest()
 
 
 @dataclass

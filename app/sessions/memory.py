@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import Hashable
+from types import TracebackType
 
 from app.errors import CapacityReached, SessionNotFound
 from app.sessions.base import KeyedLocks, Session, Sweeper, now
@@ -46,6 +47,60 @@ def _settle(work: Session, state: object, ours: bool) -> None:
 
 def _gone(session_id: str) -> SessionNotFound:
     return SessionNotFound(f"unknown or expired session {session_id!r}")
+
+
+class _Locked:
+    """`MemorySessionStore.locked(id)`: the session's working copy, written back when the block
+    exits normally. A class rather than `@asynccontextmanager`: an async generator costs
+    contextlib's layers and asyncio's tracking of generators, on every step."""
+
+    __slots__ = ("store", "session_id", "key", "handle", "table", "row", "work", "state", "ttl")
+
+    def __init__(self, store: MemorySessionStore, session_id: str) -> None:
+        self.store, self.session_id = store, session_id
+
+    async def __aenter__(self) -> Session:
+        store, session_id = self.store, self.session_id
+        key = self.key = index_key(session_id)
+        handle, table, row = store._live(key, session_id)
+        if await store._locks.acquire(key):  # held or awaited: never swept meanwhile
+            try:  # it may have gone while we waited
+                handle, table, row = store._live(key, session_id)
+            except SessionNotFound:
+                store._locks.release(key)
+                raise
+        try:
+            work = table.read(row, session_id, lazy=True)
+        except BaseException:
+            store._locks.release(key)
+            raise
+        self.handle, self.table, self.row, self.work = handle, table, row, work
+        self.state, self.ttl = work.state, work.ttl_seconds
+        return work
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:  # fmt: skip
+        store, key, table, row, work = self.store, self.key, self.table, self.row, self.work
+        try:
+            ours = store._index.get(key) == self.handle
+            if kind is not None:  # refused: nothing written
+                _settle(work, self.state, ours)
+                if ours:
+                    table.extend(row, now() + self.ttl)  # a refused change is still a use of it
+                return
+            if not ours:
+                _settle(work, self.state, False)
+                raise SessionNotFound(f"session {self.session_id!r} was deleted meanwhile")
+            work.expires_at = now() + work.ttl_seconds
+            if table.write(row, work):
+                table.extend(row, work.expires_at)
+                _settle(work, self.state, True)
+            else:  # another model or state layout: the session moves to that table
+                _settle(work, self.state, True)
+                store._remove(key, self.handle)
+                store._add(key, work)
+        finally:
+            store._locks.release(key)
 
 
 class MemorySessionStore:
@@ -177,40 +232,8 @@ class MemorySessionStore:
         table.extend(row, s.expires_at)
         return s
 
-    @contextlib.asynccontextmanager
-    async def locked(self, session_id: str) -> AsyncIterator[Session]:
-        key = index_key(session_id)
-        handle, table, row = self._live(key, session_id)
-        if await self._locks.acquire(key):  # held or awaited: never swept meanwhile
-            try:  # it may have gone while we waited
-                handle, table, row = self._live(key, session_id)
-            except SessionNotFound:
-                self._locks.release(key)
-                raise
-        try:
-            work = table.read(row, session_id, lazy=True)
-            state, ttl = work.state, work.ttl_seconds
-            try:
-                yield work
-            except BaseException:
-                ours = self._index.get(key) == handle
-                _settle(work, state, ours)
-                if ours:
-                    table.extend(row, now() + ttl)  # a refused change is still a use of it
-                raise
-            if self._index.get(key) != handle:
-                _settle(work, state, False)
-                raise SessionNotFound(f"session {session_id!r} was deleted meanwhile")
-            work.expires_at = now() + work.ttl_seconds
-            if table.write(row, work):
-                table.extend(row, work.expires_at)
-                _settle(work, state, True)
-            else:  # another model or state layout: the session moves to that table
-                _settle(work, state, True)
-                self._remove(key, handle)
-                self._add(key, work)
-        finally:
-            self._locks.release(key)
+    def locked(self, session_id: str) -> _Locked:
+        return _Locked(self, session_id)
 
     async def delete(self, session_id: str) -> None:
         key = index_key(session_id)

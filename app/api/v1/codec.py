@@ -40,8 +40,44 @@ def _kind(v: Any) -> str:
     return _JSON_TYPE_NAMES.get(type(v), type(v).__name__)
 
 
+# Up to this many numbers, a Python loop over the values checks them faster than numpy can set
+# up its reductions (a step of a few features is the common streaming request).
+FEW = 64
+# Integers up to 2**53 are exact in float64, so float32 gets them with one rounding, as from
+# the float64 array of `_numbers`.
+_EXACT_INT = 2**53
+
+
+def _few_numbers(flat: list[Any]) -> np.ndarray | None:
+    """float32 array of a short flat list of finite numbers; None when anything is out of
+    the ordinary (then `_numbers` decides, and words the error)."""
+    for v in flat:
+        t = type(v)
+        if t is float:
+            if not -FLOAT32_LIMIT < v < FLOAT32_LIMIT:  # (NaN compares false)
+                return None
+        elif t is not int or not -_EXACT_INT < v < _EXACT_INT:
+            return None
+    return np.array(flat, np.float32)
+
+
+def _few_steps(seq: list[Any], input_size: int) -> np.ndarray | None:
+    """`sequence` of a short list of steps that passes every check, else None."""
+    flat: list[Any] = []
+    for step in seq:
+        if type(step) is not list or len(step) != input_size:
+            return None
+        flat += step
+    x = _few_numbers(flat)
+    return None if x is None else x.reshape(len(seq), input_size)
+
+
 def _numbers(flat: list[Any], where: str) -> np.ndarray:
     """float32 array of a flat list that must hold only finite JSON numbers."""
+    if len(flat) <= FEW:
+        few = _few_numbers(flat)
+        if few is not None:
+            return few
     types = set(map(type, flat))
     if not types <= _NUMBER_TYPES:
         bad = next(t for t in types if t not in _NUMBER_TYPES)
@@ -91,6 +127,10 @@ def sequence(seq: Any, input_size: int, where: str, max_steps: int) -> np.ndarra
         return _sequences(seq, input_size, where, max_steps, batch=False)[0][0]
     if type(seq) is not list:
         raise InvalidInput(f"{where} must be a list of time steps, got {_kind(seq)}")
+    if 0 < len(seq) <= max_steps and len(seq) * input_size <= FEW:
+        x = _few_steps(seq, input_size)
+        if x is not None:
+            return x
     _check_steps(len(seq), input_size, where, max_steps)
     if set(map(type, seq)) != {list}:
         bad = next(s for s in seq if type(s) is not list)

@@ -22,7 +22,7 @@ from app.api.v1.schemas import (
     request_body,
 )
 from app.api.wire import NumpyJSONResponse, check_response_size
-from app.dataplane import DataPlane, SessionExists, StepResult
+from app.dataplane import MAX_OFFSET, DataPlane, SessionExists, StepResult
 from app.errors import InvalidInput, SessionNotFound
 from app.inference.engine import Engine
 from app.sessions.base import Session, iso
@@ -56,21 +56,42 @@ def session_body(s: Session) -> dict[str, Any]:
     }
 
 
+_STEP_FIELDS = frozenset(StepRequest.model_fields)
+
+
+def step_fields(body: Any) -> tuple[Any, int | None, bool]:
+    """(inputs, offset, return_internals) of a step body, as `StepRequest` validates it.
+
+    The usual body (an object of those members, a non-negative int offset or none, a bool)
+    is checked here: pydantic's validation costs more than the rest of a step's parsing.
+    Anything else goes to `StepRequest`, which accepts it the same way or words the error.
+    """
+    if type(body) is dict and "inputs" in body and body.keys() <= _STEP_FIELDS:
+        offset = body.get("offset")
+        internals = body.get("return_internals", False)
+        if type(internals) is bool and (
+            offset is None or (type(offset) is int and 0 <= offset <= MAX_OFFSET)
+        ):
+            return body["inputs"], offset, internals
+    req = StepRequest.model_validate(body)
+    return req.inputs, req.offset, req.return_internals
+
+
 async def apply_steps(dp: DataPlane, session_id: str, body: Any) -> dict[str, Any]:
     """One chunk, from a parsed JSON body to the response body (HTTP, fast path and WS).
 
     The chunk is checked against the session's model inside its one store access.
     """
-    req = StepRequest.model_validate(body)
+    inputs, offset, internals = step_fields(body)
     s = dp.settings
 
     def parse(engine: Engine) -> np.ndarray:
-        x = codec.sequence(req.inputs, engine.input_size, "inputs", s.max_steps)
-        size = codec.answer_size(engine, 1, len(x), internals=req.return_internals)
+        x = codec.sequence(inputs, engine.input_size, "inputs", s.max_steps)
+        size = codec.answer_size(engine, 1, len(x), internals=internals)
         check_response_size(size, s.max_response_bytes)
         return x
 
-    r: StepResult = await dp.step_parsed(own(session_id), parse, req.offset, req.return_internals)
+    r: StepResult = await dp.step_parsed(own(session_id), parse, offset, internals)
     out: dict[str, Any] = {
         "session_id": session_id,
         "offset": r.session.offset,
