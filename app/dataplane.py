@@ -348,21 +348,17 @@ class DataPlane:
                         s, s.last_outputs, s.last_internals if internals else None, True
                     )
                 raise OffsetConflict(s.offset)
-            if s.offset + x.shape[0] > MAX_OFFSET:
+            at, n = s.offset, x.shape[0]
+            if at + n > MAX_OFFSET:
                 raise InvalidInput(f"this chunk would take the offset past {MAX_OFFSET}")
-            self.check_limits(1, x.shape[0])  # (what `infer` checks; internals: above)
+            self.check_limits(1, n)  # (what `infer` checks; internals: above)
             r = await self.runner(engine, x[None], batch_state(s.state), None, internals)
             _check_finite(r)
-            ints = internals_of(r.internals, 0, x.shape[0]) if r.internals else None
+            ints = internals_of(r.internals, 0, n) if r.internals else None
             y = np.ascontiguousarray(r.y[0])
-            s.last_offset, s.last_digest, s.last_outputs, s.last_internals = (
-                s.offset,
-                digest,
-                y,
-                ints,
-            )
+            s.last_offset, s.last_digest, s.last_outputs, s.last_internals = at, digest, y, ints
             s.state = {k: np.ascontiguousarray(v[0]) for k, v in r.states.items()}
-            s.offset += x.shape[0]
+            s.offset = at + n
             return StepResult(s, y, ints)
 
         return apply

@@ -8,7 +8,7 @@
 Each round sends one `POST /v1/sessions/{id}/steps` (`{"inputs": [[1.0]], "offset": k}`,
 the offset the session is at) for each of `--sessions` sessions of `--model`, all at once
 (asyncio.gather of the ASGI calls, as uvicorn hands over a burst of requests parsed in one
-loop iteration), through `app.main.create_app()`'s ASGI app: the fast path, the data plane,
+loop iteration), on uvloop as the server runs, through `app.main.create_app()`'s ASGI app: the fast path, the data plane,
 the batcher, the memory session store, ONNX Runtime. What this leaves out is uvicorn's
 HTTP handling and the socket writes (bench/http.sh measures those with the real server).
 Reported: CPU seconds (time.process_time) per step over the timed rounds, best and median
@@ -120,7 +120,12 @@ def _settings_quiet() -> None:
 
 def _block(args: argparse.Namespace, profile: cProfile.Profile | None = None) -> dict[str, float]:
     _settings_quiet()
-    return asyncio.run(_measure(args.model, args.sessions, args.rounds, args.warmup, profile))
+    work = _measure(args.model, args.sessions, args.rounds, args.warmup, profile)
+    try:  # the server's event loop (app/edge/server.py picks uvloop when it is installed)
+        import uvloop
+    except ImportError:
+        return asyncio.run(work)
+    return uvloop.run(work)
 
 
 def _child(tree: Path, args: argparse.Namespace) -> dict[str, float]:

@@ -143,12 +143,17 @@ def _split(result: EngineResult, calls: list[_Call]) -> None:
     finite = isfinite(result.y.sum(dtype=np.float64)) and all(
         isfinite(v.sum(dtype=np.float64)) for v in result.states.values()
     )
+    # Contiguous once for the batch: then a caller's rows are a contiguous view, no copy.
+    ys = np.ascontiguousarray(result.y)
+    T = ys.shape[1]
+    states = [(k, np.ascontiguousarray(v)) for k, v in result.states.items()]
     off = 0
     for c in calls:
         b, t = c.x.shape[0], c.x.shape[1]
         if not c.future.done():  # a caller may have been cancelled (client gone)
-            y = np.ascontiguousarray(result.y[off : off + b, :t])
-            st = {k: np.ascontiguousarray(v[off : off + b]) for k, v in result.states.items()}
+            end = off + b
+            y = ys[off:end] if t == T else np.ascontiguousarray(ys[off:end, :t])
+            st = {k: v[off:end] for k, v in states}
             c.future.set_result(EngineResult(y, st, None, finite))
         off += b
 

@@ -159,6 +159,14 @@ class KeyedLocks:
         """Whether someone holds or waits for `key`."""
         return key in self._locks
 
+    def take(self, key: Hashable) -> bool:
+        """Take the key's lock if nobody holds or waits for it, without an await (the usual
+        case: a coroutine less per step); False when `acquire` must wait for it."""
+        if key in self._locks:
+            return False
+        self._locks[key] = [None, 1]
+        return True
+
     async def acquire(self, key: Hashable) -> bool:
         """Take the key's lock; True when it had to wait (others may have run meanwhile)."""
         entry = self._locks.get(key)

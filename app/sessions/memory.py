@@ -63,7 +63,8 @@ class _Locked:
         store, session_id = self.store, self.session_id
         key = self.key = index_key(session_id)
         handle, table, row = store._live(key, session_id)
-        if await store._locks.acquire(key):  # held or awaited: never swept meanwhile
+        if not store._locks.take(key):  # (held or awaited: never swept meanwhile)
+            await store._locks.acquire(key)
             try:  # it may have gone while we waited
                 handle, table, row = store._live(key, session_id)
             except SessionNotFound:
