@@ -33,7 +33,7 @@ NUMBER = st.one_of(FINITE, st.sampled_from([True, None, "1.5", [], {}]))
 
 def outcome(fn: Any, *args: Any) -> tuple[str, Any]:
     try:
-        with np.errstate(all="raise"):  # (a float32 overflow is an error, not a warning)
+        with np.errstate(over="raise"):  # (a float32 overflow is an error, not a warning)
             x = fn(*args)
     except PeepholeError as e:
         return type(e).__name__, e.detail
