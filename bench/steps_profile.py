@@ -8,9 +8,10 @@
 Each round sends one `POST /v1/sessions/{id}/steps` (`{"inputs": [[1.0]], "offset": k}`,
 the offset the session is at) for each of `--sessions` sessions of `--model`, all at once
 (asyncio.gather of the ASGI calls, as uvicorn hands over a burst of requests parsed in one
-loop iteration), on uvloop as the server runs, through `app.main.create_app()`'s ASGI app: the fast path, the data plane,
-the batcher, the memory session store, ONNX Runtime. What this leaves out is uvicorn's
-HTTP handling and the socket writes (bench/http.sh measures those with the real server).
+loop iteration), on uvloop as the server runs, through `app.main.create_app()`'s ASGI app:
+the fast path, the data plane, the batcher, the memory session store, ONNX Runtime. What
+this leaves out is uvicorn's HTTP handling and the socket writes (bench/http.sh measures
+those with the real server).
 Reported: CPU seconds (time.process_time) per step over the timed rounds, best and median
 of `--repeat` blocks: the box is shared, and the best block is the least disturbed.
 
