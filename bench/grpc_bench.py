@@ -14,14 +14,16 @@ the TorchServe peer's size), each WARMUP s not reported, then DURATION s:
   ws      the same workload over the WebSocket: 64 sessions (created first), each on its own
           WS /v1/sessions/{id}/stream, one step per text message ({"inputs": [[1.0]]}), the
           next sent when the answer is back, every answer's offset the previous one + 1
-          (Python `websockets` client, no compression).
+          (bench/ws_client.py: a lean asyncio Protocol client, frames masked once, so that
+          the figure is the server's; its own CPU per step is printed beside it).
   steps   the same workload over /v1 HTTP: one-step POST /v1/sessions/{id}/steps over 64
           sessions, 64 connections (bench/http_bench.py's case, wrk, same body as the peer).
   peer    TorchServe's stateful case (its own bench.sh: 64 sequences x 1 step, 64 conns),
           when the peers' folder is given (--peers DIR or PEERS_DIR; bench/peers.py drives it).
   unary   ModelInfer, 1 sequence x 10 steps (the peer's T=10 values), 16 calls in flight,
           against POST /v2/models/lstm/infer with the same tensor as JSON (wrk, 16 conns).
-The gRPC and WebSocket clients are Python (on uvloop; gRPC requests serialised once); wrk is C.
+The gRPC and WebSocket clients are Python (on uvloop; gRPC requests serialised once, WebSocket
+frames masked once); wrk is C.
 So that a client's cost does not come out of the server's, the server (and the peer) run on
 the first half of the cores and every client on the other half (--no-pin: no pinning). Next
 to steps/s each line gives the server's CPU time per step (all its processes and threads),
@@ -102,8 +104,7 @@ async def _client(kind: str, target: str, n: int, channels: int, warmup: float,
 
     from app.api.grpc._proto import grpc_service_pb2 as pb
 
-    chans = [] if kind == "ws" else [grpc.aio.insecure_channel(target)
-                                     for _ in range(max(1, min(channels, n)))]  # fmt: skip
+    chans = [grpc.aio.insecure_channel(target) for _ in range(max(1, min(channels, n)))]
     tally, lat = Tally(), []
     phase = 0  # 0 warm-up, 1 measured, 2 stop
 
@@ -128,25 +129,6 @@ async def _client(kind: str, target: str, n: int, channels: int, warmup: float,
             tally.ok += phase == 1
         await call.done_writing()
 
-    async def ws(i: int, session: str) -> None:
-        from websockets.asyncio.client import connect
-
-        url = f"{target.replace('http', 'ws', 1)}/v1/sessions/{session}/stream"
-        async with connect(url, compression=None) as sock:
-            offset = 0
-            while phase < 2:
-                t0 = time.perf_counter()
-                await sock.send(WS_STEP)
-                r = json.loads(await sock.recv())
-                if phase == 1:
-                    lat.append(time.perf_counter() - t0)
-                if "offset" not in r or "outputs" not in r:
-                    tally.errors += 1
-                    continue
-                tally.bad_offsets += r["offset"] != offset + 1
-                offset = r["offset"]
-                tally.ok += phase == 1
-
     async def unary(i: int) -> None:
         body = _t10_request()
         call = chans[i % len(chans)].unary_unary(INFER)
@@ -161,13 +143,8 @@ async def _client(kind: str, target: str, n: int, channels: int, warmup: float,
                 lat.append(time.perf_counter() - t0)
                 tally.ok += 1
 
-    if kind == "ws":
-        ids = [http_bench.post(target + "/v1/sessions", {"model": "lstm", "ttl_seconds": 3600})
-               ["session_id"] for _ in range(n)]  # fmt: skip
-        tasks = [asyncio.ensure_future(ws(i, sid)) for i, sid in enumerate(ids)]
-    else:
-        tasks = [asyncio.ensure_future((stream if kind == "stream" else unary)(i))
-                 for i in range(n)]  # fmt: skip
+    tasks = [asyncio.ensure_future((stream if kind == "stream" else unary)(i))
+             for i in range(n)]  # fmt: skip
     await asyncio.sleep(warmup)
     phase, tally.ok, t_start = 1, 0, time.perf_counter()
     print("START", flush=True)
@@ -184,10 +161,26 @@ async def _client(kind: str, target: str, n: int, channels: int, warmup: float,
         await c.close()
 
 
+async def _ws_client(target: str, n: int, warmup: float, seconds: float) -> None:
+    """The WebSocket case on bench/ws_client.py (the lean client: the server's figure)."""
+    import ws_client
+
+    ids = [http_bench.post(target + "/v1/sessions", {"model": "lstm", "ttl_seconds": 3600})
+           ["session_id"] for _ in range(n)]  # fmt: skip
+    ws = target.replace("http", "ws", 1)
+    urls = [f"{ws}/v1/sessions/{sid}/stream" for sid in ids]
+    done = await ws_client.load(urls, WS_STEP.encode(), warmup, seconds,
+                                lambda: print("START", flush=True))  # fmt: skip
+    print("RESULT " + json.dumps(done), flush=True)
+
+
 def client_main(a: argparse.Namespace) -> int:
     import uvloop
 
-    uvloop.run(_client(a.client, a.target, a.n, a.channels, a.warmup, a.duration, a.base))
+    if a.client == "ws":
+        uvloop.run(_ws_client(a.target, a.n, a.warmup, a.duration))
+    else:
+        uvloop.run(_client(a.client, a.target, a.n, a.channels, a.warmup, a.duration, a.base))
     return 0
 
 
@@ -232,6 +225,8 @@ def grpc_case(kind: str, server_pid: int, target: str, n: int, channels: int,
     r = Result(steps / out["seconds"], out["p50_ms"], out["p99_ms"],
                out["errors"] + out["bad_offsets"], steps)  # fmt: skip
     r.cpu_us = (cpu1 - cpu0) / max(1, steps) * 1e6
+    if "client_cpu_us" in out:
+        CLIENT_CPU[id(r)] = out["client_cpu_us"]
     return r
 
 
@@ -248,10 +243,14 @@ def v2_case(svc: http_bench.Service, work: Path, conns: int, warmup: int, durati
     return r
 
 
+CLIENT_CPU: dict[int, float] = {}  # a Result's client CPU per step, where the client says
+
+
 def line(name: str, case: str, r: Result) -> None:
+    client = CLIENT_CPU.get(id(r))
     print(f"  {name:<26} {case:<36} {r.rps:9.1f} steps/s  p50 {r.p50:7.2f} ms  "
-          f"p99 {r.p99:7.2f} ms  errors {r.errors}  cpu {r.cpu_us:6.0f} us/step",
-          flush=True)  # fmt: skip
+          f"p99 {r.p99:7.2f} ms  errors {r.errors}  cpu {r.cpu_us:6.0f} us/step"
+          + ("" if client is None else f"  (client {client:.0f} us/step)"), flush=True)  # fmt: skip
 
 
 def ratios(rounds: list[dict[str, Result]], num: str, den: str, label: str) -> None:
