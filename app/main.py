@@ -121,7 +121,9 @@ def create_app(
             if settings.grpc_port:  # the same data plane over gRPC (app/api/grpc)
                 from app.api.grpc.server import GrpcServer
 
-                grpc_server = GrpcServer(settings, dp, control, metrics, app.version)
+                grpc_server = GrpcServer(
+                    settings, dp, control, metrics, app.version, app.state.inflight
+                )
                 await grpc_server.start()
             log.info(
                 "ready: %d inference threads x %d ONNX Runtime threads; model control %s",

@@ -162,6 +162,15 @@ def decode_request(req: Any) -> InferRequest:
     return infer_request(req.id or None, inputs, outputs, True, parameters(req.parameters, _KNOWN))
 
 
+def tensor_bytes(req: Any) -> int:
+    """The input bytes a `ModelInferRequest` carries (what makes a message large), counted
+    without serialising it (ByteSize would copy the whole message)."""
+    raw = req.raw_input_contents
+    if raw:
+        return sum(map(len, raw))
+    return sum(t.contents.ByteSize() for t in req.inputs if t.HasField("contents"))
+
+
 def _set_parameter(p: Any, value: Any) -> None:
     if type(value) is bool:
         p.bool_param = value

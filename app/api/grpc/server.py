@@ -5,7 +5,8 @@ Started and stopped by the app's lifespan (app/main.py), so that whatever runs t
 registry, batcher, session store and model control as HTTP. It serves
 `inference.GRPCInferenceService`, `grpc.health.v1.Health` and server reflection on
 PEEPHOLE_GRPC_HOST (default PEEPHOLE_HOST) : PEEPHOLE_GRPC_PORT. A message may be as large
-as PEEPHOLE_MAX_BODY_BYTES (past it gRPC itself answers RESOURCE_EXHAUSTED). With several
+as PEEPHOLE_MAX_BODY_BYTES (past it gRPC itself answers RESOURCE_EXHAUSTED); large ones
+count against PEEPHOLE_MAX_INFLIGHT_BYTES with HTTP's bodies (UNAVAILABLE past it). With several
 worker processes each binds the port with SO_REUSEPORT and the kernel spreads the
 connections (sessions live in a shared store then).
 """
@@ -27,6 +28,7 @@ from app.api.grpc.health import ReadinessHealth
 from app.api.grpc.servicer import SERVICE, InferenceServicer
 from app.config import Settings
 from app.dataplane import DataPlane
+from app.edge.limits import InFlight
 from app.inference.control import ModelControl
 from app.metrics import Metrics
 
@@ -72,7 +74,9 @@ class GrpcServer:
     """inference.GRPCInferenceService + health + reflection on one port."""
 
     def __init__(self, settings: Settings, dp: DataPlane, control: ModelControl,
-                 metrics: Metrics | None, version: str) -> None:  # fmt: skip
+                 metrics: Metrics | None, version: str,
+                 inflight: InFlight | None = None) -> None:  # fmt: skip
+        """`inflight`: the budget of large messages, shared with HTTP (its own otherwise)."""
         self.settings = settings
         self.server = grpc.aio.server(
             options=[
@@ -81,7 +85,11 @@ class GrpcServer:
                 ("grpc.so_reuseport", 1 if settings.grpc_reuse_port else 0),
             ]
         )
-        self.servicer = InferenceServicer(dp, control, settings.api_keys, metrics, version)
+        if inflight is None:
+            inflight = InFlight(settings.inflight_bytes)
+        self.servicer = InferenceServicer(
+            dp, control, settings.api_keys, metrics, version, inflight
+        )
         handlers = method_handlers(self.servicer)
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)

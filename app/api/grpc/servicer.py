@@ -28,6 +28,7 @@ from app.api.grpc.stream import answer_stream
 from app.api.v2 import model_repository, protocol
 from app.dataplane import DataPlane
 from app.edge.auth import key_matches, parse_bearer
+from app.edge.limits import LARGE_BODY, InFlight
 from app.errors import ModelNotFound, PeepholeError, Unauthorized, as_peephole, status_error
 from app.inference.control import ModelControl
 from app.metrics import Metrics
@@ -108,8 +109,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The RPCs of KServe v2 and Triton on one data plane."""
 
     def __init__(self, dp: DataPlane, control: ModelControl, keys: list[str],
-                 metrics: Metrics | None, version: str) -> None:  # fmt: skip
+                 metrics: Metrics | None, version: str,
+                 inflight: InFlight | None = None) -> None:  # fmt: skip
         self.dp = dp
+        self.inflight = inflight
         self.control = control
         self.keys = list(keys)
         self.meter = Meter(metrics)
@@ -138,16 +141,31 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return gstatus.INTERNAL
         return err
 
+    def hold(self, request: Any) -> int:
+        """A large request's tensor bytes, taken from the in-flight budget HTTP bodies and
+        WebSocket messages share (past it: Busy, 503 in REST, UNAVAILABLE here); 0 for a
+        small one, which never waits for it."""
+        n = codec.tensor_bytes(request)
+        if n < LARGE_BODY or self.inflight is None:
+            return 0
+        self.inflight.take(n)
+        return n
+
     async def infer(self, request: Any, response: Any) -> Any:
         """Answer one `ModelInferRequest` into the `ModelInferResponse` `response`; raises
         our errors."""
         if type(request) is codec.Malformed:
             raise request.error()
-        name, version = request.model_name, request.model_version or None
-        resolved = protocol.resolve(self.dp, name, version)
-        req = codec.decode_request(request)
-        engine, out = await protocol.run(self.dp, name, version, resolved, req)
-        return codec.encode_response(response, engine.name, engine.version, req.id, out)
+        taken = self.hold(request)
+        try:
+            name, version = request.model_name, request.model_version or None
+            resolved = protocol.resolve(self.dp, name, version)
+            req = codec.decode_request(request)
+            engine, out = await protocol.run(self.dp, name, version, resolved, req)
+            return codec.encode_response(response, engine.name, engine.version, req.id, out)
+        finally:
+            if taken and self.inflight is not None:
+                self.inflight.give(taken)
 
     async def answer(self, request: Any) -> Any:
         """A stream's answer to one request: its response, or its error in `error_message`
