@@ -11,6 +11,7 @@ as the REST endpoint's JSON.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,8 @@ from app.api.v2.protocol import (
 from app.errors import InvalidInput
 
 _LE_FP32 = np.dtype("<f4")
+_SMALL = 16  # up to this many values, finiteness is checked without numpy
+_UNPACK = [struct.Struct(f"<{n}f").unpack for n in range(_SMALL + 1)]
 _ONEOF = "parameter_choice"
 _KNOWN = ("sequence_id", "sequence_start", "sequence_end", "offset")
 # Typed contents of other datatypes: a value there is a mistake worth naming.
@@ -82,17 +85,12 @@ def value(p: Any) -> Any:
 
 def parameters(m: Any, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
     """An `InferParameter` (or `ModelRepositoryParameter`) map as plain values: every entry,
-    or only `keys` (faster)."""
+    or only `keys` (faster: a membership test is the cheapest look into a protobuf map)."""
     if not m:
         return {}
     if keys is None:
         return {key: value(p) for key, p in m.items()}
-    out = {}
-    for key in keys:
-        p = m.get(key)
-        if p is not None:
-            out[key] = value(p)
-    return out
+    return {key: value(m[key]) for key in keys if key in m}
 
 
 def _contents(where: str, t: Any, count: int) -> np.ndarray:
@@ -108,6 +106,14 @@ def _contents(where: str, t: Any, count: int) -> np.ndarray:
     return np.array(values, dtype=np.float32)
 
 
+def _finite_raw(raw: bytes, count: int, arr: np.ndarray) -> bool:
+    """`finite(arr)` of a raw FP32 blob; a few values are checked as Python floats (exact:
+    float32 to float keeps NaN and infinity), cheaper than a numpy reduction."""
+    if count <= _SMALL:
+        return all(map(math.isfinite, _UNPACK[count](raw)))
+    return finite(arr)
+
+
 def _input(i: int, t: Any, raw: Any) -> tuple[str, np.ndarray]:
     """One input tensor as (name, float32 array of its shape); `raw` its blob or None."""
     name = t.name
@@ -115,20 +121,23 @@ def _input(i: int, t: Any, raw: Any) -> tuple[str, np.ndarray]:
         raise InvalidInput(f"inputs[{i}].name must be a non-empty string")
     if t.datatype != FP32:
         raise bad_datatype(f"input {name!r}", t.datatype)
-    shape = tuple(t.shape)
+    shape = tuple(t.shape[:])
     if shape and min(shape) < 0:
         raise bad_shape(f"input {name!r}")
+    count = math.prod(shape)
     if raw is not None:
         if t.HasField("contents"):
             raise InvalidInput(f"input {name!r} has contents while raw_input_contents is used")
-        if len(raw) != math.prod(shape) * 4:
+        if len(raw) != count * 4:
             raise bad_byte_size(f"input {name!r}", f"raw_input_contents[{i}]", len(raw), shape)
         arr = np.frombuffer(raw, dtype=_LE_FP32).reshape(shape)
+        ok = _finite_raw(raw, count, arr)
     elif t.HasField("contents"):
-        arr = _contents(f"input {name!r}", t, math.prod(shape)).reshape(shape)
+        arr = _contents(f"input {name!r}", t, count).reshape(shape)
+        ok = finite(arr)
     else:
         raise InvalidInput(f"input {name!r} has neither contents nor raw_input_contents")
-    if not finite(arr):
+    if not ok:
         raise not_finite(f"input {name!r}")
     return name, arr
 
@@ -145,19 +154,20 @@ def decode_request(req: Any) -> InferRequest:
             f"raw_input_contents has {len(raw)} entries for {n} inputs: send one per input, "
             "in input order"
         )
+    blobs = raw[:] if raw else [None] * n
     inputs: dict[str, np.ndarray] = {}
-    for i in range(n):
-        name, arr = _input(i, tensors[i], raw[i] if raw else None)
+    for i, t in enumerate(tensors):
+        name, arr = _input(i, t, blobs[i])
         if name in inputs:
             raise InvalidInput(f"input {name!r} appears twice")
         inputs[name] = arr
     outputs: list[RequestedOutput] | None = None
-    if req.outputs:
+    wanted = req.outputs
+    if wanted:
         seen: set[str] = set()
         # binary: gRPC carries every tensor as raw bytes (this sizes the answer, protocol.py)
         outputs = [
-            requested_output(o.name, parameters(o.parameters), seen, binary=True)
-            for o in req.outputs
+            requested_output(o.name, parameters(o.parameters), seen, binary=True) for o in wanted
         ]
     return infer_request(req.id or None, inputs, outputs, True, parameters(req.parameters, _KNOWN))
 

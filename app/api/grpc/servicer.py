@@ -286,15 +286,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Stateless, or one request of a sequence (`sequence_id` parameters, batch 1)."""
         return await self.infer(request, pb.ModelInferResponse())
 
-    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> Any:
+    async def ModelStreamInfer(self, request_iterator: Any, context: Any) -> None:
         """Bidirectional: each request answered by one response, in order per sequence; a
-        failed request is answered with `error_message` and the stream stays open."""
+        failed request is answered with `error_message` and the stream stays open. (Read
+        and written with the context's read and write, stream.py; `request_iterator` is not
+        used: grpc.aio allows one or the other.)"""
         t0 = time.perf_counter()
         code = _OK
         try:
             self.authorize(context)
-            async for response in answer_stream(self.answer, self.order_key, request_iterator):
-                yield response
+            await answer_stream(self.answer, self.order_key, context.read, context.write)
         except asyncio.CancelledError:  # the client went away
             code = grpc.StatusCode.CANCELLED
             raise

@@ -8,66 +8,112 @@ never before the earlier requests of its own sequence: a request waits for the o
 with the same ordering key (model version and sequence id), as Triton's sequence batcher
 keeps a sequence's requests in order. At most `MAX_IN_FLIGHT` requests of a stream are in
 progress; past that the stream is not read, and HTTP/2 flow control holds the client back.
+
+The stream is read with the call's `read()` and answered with its `write()` (grpc.aio's
+context methods), not through async iterators: per message that is one task (its answer)
+and no queue or generator hand-offs, the cost that counts when a step is a few floats.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
+import grpc
+
 MAX_IN_FLIGHT = 256
-_END = object()
 
 Answer = Callable[[Any], Awaitable[Any]]  # request -> response; never raises
 OrderKey = Callable[[Any], Hashable | None]  # None: no order to keep
+Read = Callable[[], Awaitable[Any]]  # the next request, or grpc.aio.EOF
+Write = Callable[[Any], Awaitable[None]]
 
 
-async def answer_stream(answer: Answer, order_key: OrderKey,
-                        requests: AsyncIterator[Any]) -> AsyncIterator[Any]:  # fmt: skip
-    """The responses to `requests`, each as soon as it and its sequence's earlier ones are."""
+class _Wake:
+    """One waiter woken by the next `set` (the writer, or the reader when the stream is full)."""
+
+    __slots__ = ("_loop", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def wait(self) -> None:
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+
+async def answer_stream(answer: Answer, order_key: OrderKey, read: Read, write: Write) -> None:
+    """Answer every request `read` gives with `write`, each as soon as it and its sequence's
+    earlier ones are answered; returns when the client has sent all and each is answered."""
     loop = asyncio.get_running_loop()
-    out: asyncio.Queue[Any] = asyncio.Queue()
-    slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+    ready: deque[Any] = deque()  # answers not yet written, in the order they came
     tails: dict[Hashable, asyncio.Task[None]] = {}  # key -> its latest request's task
     running: set[asyncio.Task[None]] = set()
+    writer, reader_room = _Wake(loop), _Wake(loop)
+    reading = True
+    failure: list[BaseException] = []
 
     async def one(request: Any, key: Hashable | None, before: asyncio.Task[None] | None) -> None:
         try:
             if before is not None and not before.done():
                 await asyncio.wait((before,))
-            out.put_nowait(await answer(request))
+            ready.append(await answer(request))
+            writer.set()
         finally:
-            slots.release()
             task = asyncio.current_task()
             running.discard(task)
             if key is not None and tails.get(key) is task:
                 del tails[key]
+            if len(running) == MAX_IN_FLIGHT - 1:
+                reader_room.set()
+            if not running:
+                writer.set()
 
-    async def read() -> None:
+    async def read_all() -> None:
+        nonlocal reading
         try:
-            async for request in requests:
-                await slots.acquire()
+            while True:
+                request = await read()
+                if request is grpc.aio.EOF:
+                    break
+                while len(running) >= MAX_IN_FLIGHT:
+                    await reader_room.wait()
                 key = order_key(request)
                 before = tails.get(key) if key is not None else None
                 task = loop.create_task(one(request, key, before))
                 running.add(task)
                 if key is not None:
                     tails[key] = task
-            if running:
-                await asyncio.wait(set(running))
+        except BaseException as exc:
+            failure.append(exc)
         finally:
-            out.put_nowait(_END)
+            reading = False
+            writer.set()
 
-    reader = loop.create_task(read())
+    reader = loop.create_task(read_all())
     try:
         while True:
-            item = out.get_nowait() if out.qsize() else await out.get()
-            if item is _END:
+            while ready:
+                await write(ready.popleft())
+            if failure:
+                exc = failure[0]
+                if isinstance(exc, Exception):
+                    raise exc
+                break  # the reader was cancelled: the call is going
+            if not reading and not running:
                 break
-            yield item
-        if not reader.cancelled() and reader.exception() is not None:
-            raise reader.exception()  # type: ignore[misc]
+            await writer.wait()
     finally:
         reader.cancel()
         for task in list(running):
