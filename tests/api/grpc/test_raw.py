@@ -92,6 +92,12 @@ CASES: list[tuple[str, Any, grpc.StatusCode, str]] = [
     ("int_contents for FP32", only(int_contents=[1, 2, 3]), INVALID,
      "FP32 values go in contents.fp32_contents, not int_contents"),
     ("NaN", only(raw=np.array([0, np.nan, 0], "<f4").tobytes()), INVALID, "must be finite"),
+    ("-infinity", only(raw=np.array([0, 0, -np.inf], "<f4").tobytes()), INVALID,
+     "must be finite"),
+    ("infinity among many", only(shape=(1, 20, 3), raw=np.array([0] * 59 + [np.inf], "<f4")
+                                 .tobytes()), INVALID, "must be finite"),  # fmt: skip
+    ("NaN in fp32_contents", only(fp32_contents=[0.0, float("nan"), 0.0]), INVALID,
+     "must be finite"),
     ("input x missing", only(name="cell_states", shape=(1, 4), raw=bytes(16)), INVALID,
      "input 'x' is missing"),
     ("unknown input", plus("z", [1], 4), INVALID, "unknown input 'z'"),
