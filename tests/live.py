@@ -84,6 +84,23 @@ class LiveServer:
         return httpx.Client(base_url=self.url, timeout=30, **kw)
 
 
+def wait_until_unloaded(
+    url: str, model: str, version: int, headers: Any = None, seconds: float = 30
+) -> None:
+    """Until /v1/repository says `version` of `model` is unloaded (its drain is over): what
+    a test waits for, rather than a pause sized for a quiet box."""
+    deadline = time.monotonic() + seconds
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as c:
+        while True:
+            models = c.get("/v1/repository").json()["models"]
+            entry = next(m for m in models if m["name"] == model)
+            state = next(v["state"] for v in entry["versions"] if v["version"] == version)
+            if state == "unloaded":
+                return
+            assert time.monotonic() < deadline, f"{model}/{version} still {state}"
+            time.sleep(0.05)
+
+
 def make_settings(repo: Path, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "model_repository": repo,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,9 +15,9 @@ import pytest
 
 from peephole import IncompatibleVersion, VersionGone
 from tests.client.conftest import KEY, MG, SHIPPED, TC, copy_model
-from tests.live import LiveServer, make_settings
+from tests.live import LiveServer, make_settings, wait_until_unloaded
 
-DRAIN = 1.0
+DRAIN = 2.0  # long beside what a loaded box takes for the steps made while it drains
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +75,7 @@ def test_drained_version_is_gone_until_migrated(connect: Any, explicit: LiveServ
             assert c.post(f"/v1/models/{MG}/unload", json={"version": 1}).status_code == 200
             try:
                 mid = s.step(x[10:20])  # draining: its sessions go on stepping
-                time.sleep(DRAIN + 1.5)
+                wait_until_unloaded(explicit.url, MG, 1, headers=c.headers)
                 with pytest.raises(VersionGone) as e:
                     s.step(x[20:])
                 assert e.value.status_code == 410 and "version 1" in e.value.detail

@@ -126,8 +126,11 @@ def test_a_retried_create_gets_the_session_its_first_attempt_opened(
         assert live_sessions(server) == before + 1  # the retry did not open a second one
         with faulty.session(MG):
             assert live_sessions(server) == before + 2
-    first, retry, other = _idempotency_keys(proxy)
-    assert first == retry != other
+    # the retry sent the key of the first attempt, the other session a key of its own (a
+    # loaded box may add retries past the 0.4 s timeout: each repeats its create's key)
+    keys = _idempotency_keys(proxy)
+    first, other = dict.fromkeys(keys)
+    assert keys[:2] == [first, first] and other == keys[-1]
 
 
 def test_a_retried_delete_is_done(faulty: Any, client: Any, proxy: FaultProxy) -> None:

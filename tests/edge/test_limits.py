@@ -25,7 +25,9 @@ from app.api.grpc._proto import grpc_service_pb2_grpc as pb_grpc
 from tests.live import LiveServer, free_port, make_settings
 from tests.repo import LNSC, PLAIN, RepoModels, new_session
 
-TIMEOUT = 0.6  # header, body and idle timeouts of the server under test
+# header, body and idle timeouts of the server under test: short, so the tests that wait for
+# them stay quick, and still long beside the pauses of a loaded box between two lines here
+TIMEOUT = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +156,12 @@ def test_a_body_cut_short_is_never_applied(
             s.sendall(request("POST", path, body[:sent], Content_Length=str(declared)))
             s.shutdown(socket.SHUT_WR)
             assert read_all(s) == b""  # nobody is left to answer
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30  # the app logs each one once it has seen the client go
+    while sum("nothing applied" in r.getMessage() for r in caplog.records) < 2:
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        time.sleep(0.02)
     assert offset(edge, sid) == 0 and _live_sessions(edge) == sessions
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any("nothing applied" in r.getMessage() for r in caplog.records)
 
 
 def test_a_body_longer_than_declared_is_not_applied(edge: LiveServer) -> None:
@@ -183,8 +187,12 @@ def test_connections_are_bounded(edge: LiveServer) -> None:
     finally:
         for s in held:
             s.close()
-    time.sleep(0.2)
-    live(edge)
+    deadline = time.monotonic() + 30  # room again once the server has seen them close
+    with edge.client() as c:
+        while (r := c.get("/health/live")).status_code == 503:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.05)
+        assert r.status_code == 200
 
 
 def test_large_bodies_at_once_are_bounded(edge: LiveServer) -> None:
@@ -194,18 +202,42 @@ def test_large_bodies_at_once_are_bounded(edge: LiveServer) -> None:
     body = json.dumps(doc).encode()
     assert 600_000 < len(body) < 1 << 20
     with connect(edge) as first:
-        first.sendall(request("POST", f"/v1/models/{PLAIN}/predict", body[:-10],
+        first.sendall(request("POST", f"/v1/models/{PLAIN}/predict", body[:-40],
                               Content_Length=str(len(body))))  # fmt: skip
-        time.sleep(0.2)
-        with edge.client() as c:
-            r = c.post(f"/v1/models/{PLAIN}/predict", content=body)
-            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        with Trickle(first, body[-40:]), edge.client() as c:
+            deadline = time.monotonic() + 30
+            while (r := c.post(f"/v1/models/{PLAIN}/predict", content=body)).status_code != 503:
+                # the server has not read a byte of the first yet: this one ran (too large)
+                assert r.status_code == 413 and time.monotonic() < deadline, r.text
+            assert r.headers["retry-after"] == "1"
             assert c.post(f"/v1/models/{PLAIN}/predict", json={"inputs": [[[1, 2]]]}).is_success
-        first.sendall(body[-10:])
         status, reply = status_and_body(_one_response(first))
     assert status == 413  # 48,000 steps answered would pass the response limit of the server
     with edge.client() as c:  # the budget is free again
         assert c.post(f"/v1/models/{PLAIN}/predict", content=body).status_code == 413
+
+
+class Trickle:
+    """Sends `rest` one byte every TIMEOUT / 4 (the body is slow, never stalled, however
+    long a loaded box takes meanwhile), keeping the last byte until the `with` ends."""
+
+    def __init__(self, sock: socket.socket, rest: bytes) -> None:
+        self.sock, self.rest, self.done = sock, bytearray(rest), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.done.wait(TIMEOUT / 4) and len(self.rest) > 1:
+            self.sock.sendall(self.rest[:1])
+            del self.rest[:1]
+
+    def __enter__(self) -> Trickle:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+        self.sock.sendall(bytes(self.rest))
 
 
 def _one_response(sock: socket.socket) -> bytes:

@@ -8,7 +8,6 @@ are lost to the client.
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import numpy as np
@@ -21,6 +20,17 @@ from tests.live import LiveServer, make_settings
 from tests.repo import LNSC, RepoModels, new_session
 
 STEPS = 60_000  # about a second of the lnsc Scan graph here
+
+
+def wait_until_the_app_holds_a_message(server: LiveServer) -> None:
+    """Until the app has taken the message from a socket and not answered it yet (a loaded
+    box may take longer than any fixed pause to read and parse it)."""
+    deadline = time.monotonic() + 30
+    while not any(
+        getattr(conn, "_unanswered", 0) > 0 for conn in server.server.server_state.connections
+    ):
+        assert time.monotonic() < deadline, "the step never reached the app"
+        time.sleep(0.005)
 
 
 def test_step_in_flight_at_shutdown_is_answered(models: RepoModels) -> None:
@@ -36,9 +46,8 @@ def test_step_in_flight_at_shutdown_is_answered(models: RepoModels) -> None:
             assert warm.status_code == 200
         with connect(f"{server.ws_url}/v1/sessions/{sid}/stream", max_size=None) as ws:
             ws.send(json.dumps({"inputs": x, "offset": 10}))
-            time.sleep(0.15)  # the step is running now
-            stopper = threading.Timer(0, lambda: setattr(server.server, "should_exit", True))
-            stopper.start()
+            wait_until_the_app_holds_a_message(server)  # the step is running now
+            server.server.should_exit = True
             answer = json.loads(ws.recv(timeout=30))
             assert answer.get("offset") == 10 + STEPS, str(answer)[:200]
             assert len(answer["outputs"]) == STEPS

@@ -120,19 +120,23 @@ def test_retry_data_round_trips(stores: Stores) -> None:
 
 
 def test_ttl_expiry_and_sliding_ttl(stores: Stores) -> None:
-    """A session is gone TTL seconds after its last use, and every use pushes that back."""
+    """A session is gone TTL seconds after its last use, and every use pushes that back.
+
+    The used ones live 2 s: each wait below is 1.1 s, so a use comes 0.9 s before the
+    deadline it pushes back (room for a loaded box), and the second wait ends past the
+    deadline they were created with."""
 
     async def body(st: Stores) -> None:
         store = await st.open(max_sessions=3)
         await store.create(make("idle", ttl=1))
-        await store.create(make("used", ttl=1))
-        await store.create(make("stepped", ttl=1))
+        await store.create(make("used", ttl=2))
+        await store.create(make("stepped", ttl=2))
         first = (await store.get("used")).expires_at
-        await asyncio.sleep(0.6)
-        assert (await store.get("used")).expires_at > first + 0.4  # get extends it
+        await asyncio.sleep(1.1)
+        assert (await store.get("used")).expires_at > first + 1.0  # get extends it
         async with store.locked("stepped") as s:  # a change extends it
             s.offset += 1
-        await asyncio.sleep(0.6)  # 1.2 s after creation, 0.6 s after the last use
+        await asyncio.sleep(1.1)  # 2.2 s after creation, 1.1 s after the last use
         with pytest.raises(SessionNotFound):
             await store.get("idle")
         assert (await store.get("used")).offset == 0
@@ -140,7 +144,7 @@ def test_ttl_expiry_and_sliding_ttl(stores: Stores) -> None:
         assert await store.count() == 2
         # full again, but an expired session makes room without waiting for a sweep
         await store.create(make("new", ttl=60))
-        await asyncio.sleep(1.1)  # "used" and "stepped" expire (the gets above extended them)
+        await asyncio.sleep(2.1)  # "used" and "stepped" expire (the gets above extended them)
         made, created = await store.create_if_absent(make("used", ttl=60))  # expired: absent
         assert created and made.offset == 0 and made.ttl_seconds == 60
         await store.create(make("newest", ttl=60))

@@ -9,11 +9,40 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 
 from tests.live import free_port
 from tests.repo import LNSC, RepoModels
+
+
+def accepted_connections(pid: int, port: int) -> int:
+    """Connections to `port` that process `pid` has accepted (Linux: /proc), so that a test
+    can wait for its request to be in the server rather than sleep for a guess."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if int(local.rsplit(":", 1)[1], 16) == port and state == "01" and inode in inodes:
+                count += 1
+    return count
+
+
+def wait_for_an_accepted_connection(pid: int, port: int) -> None:
+    deadline = time.monotonic() + 30
+    while accepted_connections(pid, port) == 0:
+        assert time.monotonic() < deadline, "the request never reached the server"
+        time.sleep(0.01)
 
 
 def test_sigterm_lets_in_flight_requests_finish(models: RepoModels) -> None:
@@ -53,7 +82,7 @@ def test_sigterm_lets_in_flight_requests_finish(models: RepoModels) -> None:
 
         t = threading.Thread(target=call)
         t.start()
-        time.sleep(0.3)  # the request is being parsed or run
+        wait_for_an_accepted_connection(proc.pid, port)  # the request is being parsed or run
         proc.send_signal(signal.SIGTERM)
         t.join(timeout=60)
         assert result.get("status") == 200

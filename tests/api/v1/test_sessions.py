@@ -270,11 +270,13 @@ def test_concurrent_same_offset_applies_once(server: LiveServer) -> None:
 
 
 def test_ttl_expiry_sliding(client: httpx.Client) -> None:
-    sid = new_session(client, PLAIN, ttl_seconds=1)
-    for _ in range(3):  # uses keep it alive past its TTL
-        time.sleep(0.6)
+    """Uses 1.1 s apart keep a 2 s session alive past its first deadline (0.9 s to spare
+    for a loaded box at each use); 2.2 s unused, it is gone."""
+    sid = new_session(client, PLAIN, ttl_seconds=2)
+    for _ in range(2):
+        time.sleep(1.1)
         assert steps(client, sid, [[0.0, 0.0]]).status_code == 200
-    time.sleep(1.3)
+    time.sleep(2.2)
     r = client.get(f"/v1/sessions/{sid}")
     assert r.status_code == 404 and "detail" in r.json()
 

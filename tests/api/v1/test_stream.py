@@ -84,9 +84,9 @@ def test_stream_unknown_session(server: LiveServer) -> None:
 def test_stream_extends_ttl(server: LiveServer, client: httpx.Client) -> None:
     import time
 
-    sid = new_session(client, LNSC, ttl_seconds=1)
+    sid = new_session(client, LNSC, ttl_seconds=2)  # used every 1.1 s, alive past 2 s
     with connect(f"{server.ws_url}/v1/sessions/{sid}/stream") as ws:
-        for _ in range(3):
-            time.sleep(0.6)
+        for _ in range(2):
+            time.sleep(1.1)
             assert "outputs" in ask(ws, {"inputs": [[0.0, 0.0, 0.0]]})
     assert client.get(f"/v1/sessions/{sid}").status_code == 200

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
 from bench.reload import copy_with_wrong_sha
-from tests.live import LiveServer, make_settings
+from tests.live import LiveServer, make_settings, wait_until_unloaded
 from tests.repo import PLAIN, RepoModels, predict, repo_with
 
 rng = np.random.default_rng(16)
@@ -25,7 +24,7 @@ rng = np.random.default_rng(16)
 @pytest.fixture()
 def live(models: RepoModels, tmp_path: Path) -> Iterator[LiveServer]:
     repo = repo_with(models, tmp_path / "models", (PLAIN, 1))
-    with LiveServer(make_settings(repo, model_control="explicit", drain_seconds=1.0)) as s:
+    with LiveServer(make_settings(repo, model_control="explicit", drain_seconds=2.0)) as s:
         yield s
 
 
@@ -126,7 +125,7 @@ def test_sequence_keeps_its_version(live: LiveServer, models: RepoModels) -> Non
     assert {y.get_response()["model_version"] for y in ys} == {"1"}
     got = np.concatenate([y.as_numpy("y")[0] for y in ys])
     np.testing.assert_allclose(got, whole[:9], atol=1e-5)
-    time.sleep(1.0 + 0.6)
+    wait_until_unloaded(live.url, PLAIN, 1)  # the drain deadline (2 s), and a check after it
     with pytest.raises(InferenceServerException) as e:
         step(x[9:])
     assert e.value.status() == "410" and "version 1" in e.value.message()
