@@ -8,17 +8,43 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.live import RedisServer
 from tests.repo import RepoModels, build_repository
 
+if TYPE_CHECKING:
+    from training.lnsc.nets import Nets
+
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> RepoModels:
     """The test repository (tests/repo.py): plain, lnsc and the broken versions."""
     return build_repository(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def rivest(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Nets]:
+    """The dopamine model (LSTM + frozen TD critic) after a few online blocks, exported once:
+    tests/lnsc checks and serves it, the /ui page shows it (training it twice cost seconds)."""
+    import numpy as np
+
+    from training.lnsc.export import NAME, export_network
+    from training.lnsc.nets import Nets
+    from training.lnsc.network import Knobs
+    from training.lnsc.protocol import stack, training_block
+
+    nets = Nets.fresh(0, "export-check", [0], Knobs())
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        nets.block(*stack([training_block(rng)]))
+    repo = tmp_path_factory.mktemp("rivest-models")
+    training = {"task": NAME, "seed": 0, "data": {}, "weights": {"theta": nets.theta[0].tolist()}}
+    path = export_network(repo, nets.dims, nets.theta[0], nets.w_critic[0], 0.98, training)
+    return path, nets
 
 
 @pytest.fixture(scope="module")

@@ -233,7 +233,8 @@ def test_every_probe_path_answers_on_the_app(tmp_path: Path) -> None:
         *(rt[p]["httpGet"]["path"] for p in ("livenessProbe", "readinessProbe")),
         BASE["Deployment"]["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"],
     }
-    settings = Settings(model_repository=tmp_path, provider="cpu", _env_file=None)
+    # gRPC off: the default port 8001 may be taken on this machine (another server, a test)
+    settings = Settings(model_repository=tmp_path, provider="cpu", grpc_port=0, _env_file=None)
     with TestClient(create_app(settings)) as client:
         for path in sorted(paths):
             assert client.get(path).status_code == 200, path

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.reload import copy_half_written, copy_with_card, copy_with_wrong_sha, wait_for
+from bench.reload import copy_with_card, copy_with_wrong_sha, wait_for
 from tests.live import LiveServer, make_settings
 from tests.repo import PLAIN, RepoModels, predict, repo_with
 
@@ -42,7 +42,8 @@ def loads(c: httpx.Client, version: int, result: str) -> float:
 @pytest.fixture()
 def polled(models: RepoModels, tmp_path: Path) -> Iterator[tuple[LiveServer, httpx.Client]]:
     repo = repo_with(models, tmp_path / "models", (PLAIN, 1))
-    settings = make_settings(repo, model_control="poll", model_poll_seconds=POLL, drain_seconds=1)
+    # a drain long beside a loaded box's pauses: the steps made while it drains must see it
+    settings = make_settings(repo, model_control="poll", model_poll_seconds=POLL, drain_seconds=3)
     with LiveServer(settings) as s, s.client() as c:
         yield s, c
 
@@ -64,10 +65,21 @@ def test_half_written_then_bad_then_fixed(
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        # half the graph, held still for several polls: refused, never served
-        whole = copy_half_written(models.repo / PLAIN / "2", repo / PLAIN / "2", pause=8 * POLL)
+        # half the graph, held still until the server has tried it: refused, never served
+        src, dst = models.repo / PLAIN / "2", repo / PLAIN / "2"
+        graph = (src / "model.onnx").read_bytes()
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.onnx"))
+        with open(dst / "model.onnx", "wb") as out:
+            out.write(graph[: len(graph) // 2])
+            out.flush()
+            wait_for("the half graph refused", lambda: loads(c, 2, "refused") >= 1, 30)
+            out.write(graph[len(graph) // 2 :])
+        whole = time.time()
         wait_for("version 2", lambda: c.get(f"/v1/models/{PLAIN}").json()["version"] == 2, 30)
         first_v2 = time.time()
+        # the watcher's request may have started before the switch (a starved thread on a
+        # loaded box): it goes on until it has seen version 2 answer too
+        wait_for("version 2 seen by the watcher", lambda: seen and seen[-1] == 2, 30)
     finally:
         stop.set()
         watcher.join()

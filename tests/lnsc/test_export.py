@@ -15,25 +15,19 @@ from websockets.sync.client import connect
 from app.inference.card import ModelCard
 from app.inference.repository import load_version
 from tests.live import LiveServer, make_settings
-from training.lnsc.export import NAME, export_network, reference, to_module
+from training.lnsc.export import NAME, reference, to_module
 from training.lnsc.nets import Nets
-from training.lnsc.network import Dims, Knobs
+from training.lnsc.network import Dims
 from training.lnsc.protocol import probe_block, stack, training_block
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / NAME / "1"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Nets]:
-    """One network after a few online blocks (weights and critic off their init), exported."""
-    nets = Nets.fresh(0, "export-check", [0], Knobs())
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        nets.block(*stack([training_block(rng)]))
-    repo = tmp_path_factory.mktemp("rivest-models")
-    training = {"task": NAME, "seed": 0, "data": {}, "weights": {"theta": nets.theta[0].tolist()}}
-    path = export_network(repo, nets.dims, nets.theta[0], nets.w_critic[0], 0.98, training)
-    return path, nets
+def trained(rivest: tuple[Path, Nets]) -> tuple[Path, Nets]:
+    """One network after a few online blocks (weights and critic off their init), exported
+    (tests/conftest.py: the same one the /ui page serves)."""
+    return rivest
 
 
 def test_export_checks_against_the_reference(trained: tuple[Path, Nets]) -> None:

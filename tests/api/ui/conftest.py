@@ -48,7 +48,7 @@ def export(repo: Path, name: str, cfg: PeepholeConfig, seed: int, **kw: Any) -> 
 
 
 @pytest.fixture(scope="session")
-def ui_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ui_repo(tmp_path_factory: pytest.TempPathFactory, rivest: tuple[Path, Any]) -> Path:
     """Untrained models with the shipped models' tasks and shapes: trace conditioning (2 blocks
     x 2 cells, internals) and Mackey-Glass (linear output, no internals graph)."""
     repo = tmp_path_factory.mktemp("ui-models")
@@ -85,31 +85,8 @@ def ui_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         output_names=["x_next"],
         internals=False,
     )
-    export_rivest(repo)
+    shutil.copytree(rivest[0], repo / RIVEST / "1")  # the dopamine model (tests/conftest.py)
     return repo
-
-
-def export_rivest(repo: Path) -> None:
-    """The dopamine model's served form (LSTM + frozen TD critic) after a few online blocks."""
-    import numpy as np
-
-    from training.lnsc.export import export_network
-    from training.lnsc.nets import Nets
-    from training.lnsc.protocol import stack, training_block
-
-    nets = Nets.fresh(0, "export-check", [0])
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        nets.block(*stack([training_block(rng)]))
-    export_network(
-        repo,
-        nets.dims,
-        nets.theta[0],
-        nets.w_critic[0],
-        0.98,
-        {"task": RIVEST, "seed": 0, "data": {}},
-        version=1,
-    )
 
 
 @pytest.fixture(scope="session")
