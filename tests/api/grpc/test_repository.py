@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from app.api.grpc._proto import grpc_service_pb2 as pb
 from app.api.grpc._proto import grpc_service_pb2_grpc as pb_grpc
 from bench.reload import copy_with_wrong_sha
 from tests.api.grpc.conftest import grpc_settings, x_input
-from tests.live import LiveServer
+from tests.live import LiveServer, wait_until_unloaded
 from tests.repo import PLAIN, RepoModels, predict, repo_with
 
 KEY = {"authorization": "Bearer ctl"}
@@ -32,7 +31,7 @@ rng = np.random.default_rng(15)
 def live(models: RepoModels, tmp_path: Path) -> Iterator[LiveServer]:
     repo = repo_with(models, tmp_path / "models", (PLAIN, 1))
     settings = grpc_settings(models, model_repository=repo, model_control="explicit",
-                             drain_seconds=1.0, api_keys="ctl")  # fmt: skip
+                             drain_seconds=3.0, api_keys="ctl")  # fmt: skip
     with LiveServer(settings) as s:
         yield s
 
@@ -135,7 +134,7 @@ def test_sequence_keeps_its_version(live: LiveServer, models: RepoModels) -> Non
     assert {y.get_response().model_version for y in ys} == {"1"}
     got = np.concatenate([y.as_numpy("y")[0] for y in ys])
     np.testing.assert_allclose(got, whole[1][:9], atol=1e-5)
-    time.sleep(1.0 + 0.6)  # the drain deadline, and a drain check after it
+    wait_until_unloaded(live.url, PLAIN, 1, headers=KEY)  # the drain deadline passed
     code, msg = failure(t.infer, PLAIN, [x_input(x[None, 9:])], sequence_id=77)
     assert code == "FAILED_PRECONDITION" and "version 1" in msg
     assert step(x[:2], sequence_start=True).get_response().model_version == "2"
