@@ -34,6 +34,8 @@ RUN pip install --upgrade pip setuptools wheel \
  && rm -rf /opt/venv/lib/python3*/site-packages/pip /opt/venv/lib/python3*/site-packages/setuptools
 
 # ---- runtime stage -----------------------------------------------------------------
+# ORT_DISABLE_TELEMETRY=1: ONNX Runtime's 1DS telemetry off (no uploader, no device id written
+# to a home the non-root user cannot write); set it to 0 at run time to turn it back on.
 FROM ${BASE_IMAGE} AS runtime
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
@@ -48,7 +50,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PEEPHOLE_HOST=0.0.0.0 \
     PEEPHOLE_PORT=8000 \
     PEEPHOLE_GRPC_PORT=8001 \
-    PEEPHOLE_MODEL_REPOSITORY=/srv/models
+    PEEPHOLE_MODEL_REPOSITORY=/srv/models \
+    ORT_DISABLE_TELEMETRY=1
 USER peephole
 EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
