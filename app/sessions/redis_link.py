@@ -17,9 +17,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -68,6 +70,26 @@ def _no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
+_REDIS_PY = str(Path(redis.__file__).parent)
+
+
+@contextlib.contextmanager
+def torn_connections_as_errors() -> Iterator[None]:
+    """A connection redis-py closed under a call in flight (a failover refreshing the slot
+    map while a pipeline is being sent) surfaces as an AttributeError from inside redis-py
+    (its reader or writer is None): that is a lost connection, retried like one, not a 500.
+    An AttributeError raised anywhere else is left alone."""
+    try:
+        yield
+    except AttributeError as e:
+        tb = e.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is None or not tb.tb_frame.f_code.co_filename.startswith(_REDIS_PY):
+            raise
+        raise ConnectionError(f"connection closed under the call ({e})") from e
+
+
 class Link:
     """The common part: the retry loop, the coalescer, a bound on connections in use.
     Subclasses route and send."""
@@ -92,10 +114,11 @@ class Link:
         loads = 0
         while True:
             try:
-                if not hold:
-                    return await attempt()
-                async with self._slots:
-                    return await attempt()
+                with torn_connections_as_errors():
+                    if not hold:
+                        return await attempt()
+                    async with self._slots:
+                        return await attempt()
             except NoScriptError:
                 # A restarted or promoted node has an empty script cache: loaded, go again.
                 loads += 1
