@@ -17,7 +17,7 @@ from peephole import IncompatibleVersion, VersionGone
 from tests.client.conftest import KEY, MG, SHIPPED, TC, copy_model
 from tests.live import LiveServer, make_settings, wait_until_unloaded
 
-DRAIN = 2.0  # long beside what a loaded box takes for the steps made while it drains
+DRAIN = 4.0  # long beside what a loaded box takes for the steps made while it drains
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ rng = np.random.default_rng(15)
 def live(models: RepoModels, tmp_path: Path) -> Iterator[LiveServer]:
     repo = repo_with(models, tmp_path / "models", (PLAIN, 1))
     settings = grpc_settings(models, model_repository=repo, model_control="explicit",
-                             drain_seconds=3.0, api_keys="ctl")  # fmt: skip
+                             drain_seconds=5.0, api_keys="ctl")  # fmt: skip
     with LiveServer(settings) as s:
         yield s
 

@@ -27,7 +27,7 @@ def chunks(n: int, steps: int = 3) -> list[list[list[float]]]:
 
 # the drain of an unloaded version: long beside what a loaded box takes for the requests a
 # test makes while it drains (they must all see it draining)
-DRAIN = 3.0
+DRAIN = 6.0
 
 
 def versions(c: httpx.Client, name: str = PLAIN) -> dict[int, dict]:

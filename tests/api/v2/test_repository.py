@@ -24,7 +24,7 @@ rng = np.random.default_rng(16)
 @pytest.fixture()
 def live(models: RepoModels, tmp_path: Path) -> Iterator[LiveServer]:
     repo = repo_with(models, tmp_path / "models", (PLAIN, 1))
-    with LiveServer(make_settings(repo, model_control="explicit", drain_seconds=2.0)) as s:
+    with LiveServer(make_settings(repo, model_control="explicit", drain_seconds=4.0)) as s:
         yield s
 
 
@@ -125,7 +125,7 @@ def test_sequence_keeps_its_version(live: LiveServer, models: RepoModels) -> Non
     assert {y.get_response()["model_version"] for y in ys} == {"1"}
     got = np.concatenate([y.as_numpy("y")[0] for y in ys])
     np.testing.assert_allclose(got, whole[:9], atol=1e-5)
-    wait_until_unloaded(live.url, PLAIN, 1)  # the drain deadline (2 s), and a check after it
+    wait_until_unloaded(live.url, PLAIN, 1)  # the drain deadline (4 s), and a check after it
     with pytest.raises(InferenceServerException) as e:
         step(x[9:])
     assert e.value.status() == "410" and "version 1" in e.value.message()
