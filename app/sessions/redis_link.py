@@ -18,11 +18,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
-import redis
 import redis.asyncio as aioredis
+import redis.asyncio.connection
+import redis.connection
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -70,22 +70,30 @@ def _no_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
-_REDIS_PY = str(Path(redis.__file__).parent)
+# redis-py's connection modules: an error raised from inside them is the connection's.
+_CONNECTION_CODE = (redis.asyncio.connection.__file__, redis.connection.__file__)
+
+
+def _from_redis_connection(error: BaseException) -> bool:
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename in _CONNECTION_CODE:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 @contextlib.contextmanager
 def torn_connections_as_errors() -> Iterator[None]:
-    """A connection redis-py closed under a call in flight (a failover refreshing the slot
-    map while a pipeline is being sent) surfaces as an AttributeError from inside redis-py
-    (its reader or writer is None): that is a lost connection, retried like one, not a 500.
-    An AttributeError raised anywhere else is left alone."""
+    """A connection closed under a call in flight (a failover refreshing the slot map while a
+    pipeline is being sent) surfaces from inside redis-py's connection code as an
+    AttributeError (its writer already None) or, on uvloop, a RuntimeError (the transport's
+    handle closed): that is a lost connection, retried like one, not a 500. The same errors
+    raised anywhere else are left alone."""
     try:
         yield
-    except AttributeError as e:
-        tb = e.__traceback__
-        while tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-        if tb is None or not tb.tb_frame.f_code.co_filename.startswith(_REDIS_PY):
+    except (AttributeError, RuntimeError) as e:
+        if not _from_redis_connection(e):
             raise
         raise ConnectionError(f"connection closed under the call ({e})") from e
 

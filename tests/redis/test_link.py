@@ -1,6 +1,7 @@
-"""A connection redis-py closes under a call in flight is a lost connection, retried like
-one: found as a 500 in the cluster failover test (`AttributeError: 'NoneType' object has no
-attribute 'writelines'` from redis-py's connection while the slot map was refreshed)."""
+"""A connection closed under a call in flight is a lost connection, retried like one: found
+as a 500 in the cluster failover test (`AttributeError: 'NoneType' object has no attribute
+'writelines'`, and on uvloop `RuntimeError: ... the handler is closed`, both from inside
+redis-py's connection code while the slot map was refreshed)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
+import uvloop
 from redis.exceptions import ConnectionError
 
 from app.config import Settings
@@ -30,9 +32,31 @@ def test_an_attribute_error_inside_redis_py_is_a_connection_error() -> None:
     assert isinstance(e.value.__cause__, AttributeError)
 
 
+def test_a_transport_closed_under_the_call_is_a_connection_error(
+    redis_server: RedisServer,
+) -> None:
+    """The other face of the same race, on uvloop (the server's loop): the connection is up,
+    its transport is closed under it, and redis-py's write meets a closed handle."""
+
+    async def go() -> None:
+        conn = aioredis.Connection(host="127.0.0.1", port=redis_server.port)
+        await conn.connect()
+        assert conn._writer is not None
+        conn._writer.transport.close()
+        await asyncio.sleep(0)
+        with torn_connections_as_errors():
+            await conn._send_packed_command([b"PING\r\n"])
+
+    with pytest.raises(ConnectionError, match="closed under the call") as e:
+        uvloop.run(go())
+    assert isinstance(e.value.__cause__, RuntimeError)
+
+
 def test_an_attribute_error_of_ours_is_left_alone() -> None:
     with pytest.raises(AttributeError, match="no_such_field"), torn_connections_as_errors():
         _ = Settings(_env_file=None).no_such_field  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="ours"), torn_connections_as_errors():
+        raise RuntimeError("ours")
 
 
 def test_the_link_retries_a_call_whose_connection_was_torn(redis_server: RedisServer) -> None:
