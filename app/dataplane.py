@@ -351,9 +351,7 @@ class DataPlane:
             at, n = s.offset, x.shape[0]
             if at + n > MAX_OFFSET:
                 raise InvalidInput(f"this chunk would take the offset past {MAX_OFFSET}")
-            self.check_limits(1, n)  # (what `infer` checks; internals: above)
-            r = await self.runner(engine, x[None], batch_state(s.state), None, internals)
-            _check_finite(r)
+            r = await self.infer(engine, x[None], batch_state(s.state), None, internals)
             ints = internals_of(r.internals, 0, n) if r.internals else None
             y = np.ascontiguousarray(r.y[0])
             s.last_offset, s.last_digest, s.last_outputs, s.last_internals = at, digest, y, ints

@@ -109,8 +109,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     """The RPCs of KServe v2 and Triton on one data plane."""
 
     def __init__(self, dp: DataPlane, control: ModelControl, keys: list[str],
-                 metrics: Metrics | None, version: str,
-                 inflight: InFlight | None = None) -> None:  # fmt: skip
+                 metrics: Metrics | None, version: str, inflight: InFlight) -> None:  # fmt: skip
         self.dp = dp
         self.inflight = inflight
         self.control = control
@@ -146,7 +145,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         WebSocket messages share (past it: Busy, 503 in REST, UNAVAILABLE here); 0 for a
         small one, which never waits for it."""
         n = codec.tensor_bytes(request)
-        if n < LARGE_BODY or self.inflight is None:
+        if n < LARGE_BODY:
             return 0
         self.inflight.take(n)
         return n
@@ -164,8 +163,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             engine, out = await protocol.run(self.dp, name, version, resolved, req)
             return codec.encode_response(response, engine.name, engine.version, req.id, out)
         finally:
-            if taken and self.inflight is not None:
-                self.inflight.give(taken)
+            self.inflight.give(taken)
 
     async def answer(self, request: Any) -> Any:
         """A stream's answer to one request: its response, or its error in `error_message`

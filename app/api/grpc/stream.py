@@ -31,28 +31,6 @@ Read = Callable[[], Awaitable[Any]]  # the next request, or grpc.aio.EOF
 Write = Callable[[Any], Awaitable[None]]
 
 
-class _Wake:
-    """One waiter woken by the next `set` (the writer, or the reader when the stream is full)."""
-
-    __slots__ = ("_loop", "_waiter")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._waiter: asyncio.Future[None] | None = None
-
-    def set(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    async def wait(self) -> None:
-        self._waiter = self._loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-
 async def answer_stream(answer: Answer, order_key: OrderKey, read: Read, write: Write) -> None:
     """Answer every request `read` gives with `write`, each as soon as it and its sequence's
     earlier ones are answered; returns when the client has sent all and each is answered."""
@@ -60,7 +38,8 @@ async def answer_stream(answer: Answer, order_key: OrderKey, read: Read, write: 
     ready: deque[Any] = deque()  # answers not yet written, in the order they came
     tails: dict[Hashable, asyncio.Task[None]] = {}  # key -> its latest request's task
     running: set[asyncio.Task[None]] = set()
-    writer, reader_room = _Wake(loop), _Wake(loop)
+    # wake-ups of the writer (an answer, or the end) and of the reader (room in the stream)
+    writer, reader_room = asyncio.Event(), asyncio.Event()
     reading = True
     failure: list[BaseException] = []
 
@@ -88,6 +67,7 @@ async def answer_stream(answer: Answer, order_key: OrderKey, read: Read, write: 
                 if request is grpc.aio.EOF:
                     break
                 while len(running) >= MAX_IN_FLIGHT:
+                    reader_room.clear()
                     await reader_room.wait()
                 key = order_key(request)
                 before = tails.get(key) if key is not None else None
@@ -113,6 +93,7 @@ async def answer_stream(answer: Answer, order_key: OrderKey, read: Read, write: 
                 break  # the reader was cancelled: the call is going
             if not reading and not running:
                 break
+            writer.clear()
             await writer.wait()
     finally:
         reader.cancel()
