@@ -15,7 +15,9 @@ step bookkeeping), stop.sh. A peer found already running is used as it is and le
 Then Peephole (`python -m app`, bench/http_bench.py's model of the peers' size) and the bare
 ASGI app (bench/bare_asgi.py: a fixed body on Peephole's own server stack, the ceiling of
 Python HTTP here) take the same wrk cases: the same bodies, lua result line, warm-up and
-duration, `wrk -t1 --timeout 10s`.
+duration, `wrk -t1 --timeout 10s`. Every other round runs Peephole and the bare app first
+and the peers after them: the box's speed drifts over minutes (a third between two runs of
+the same tree an hour apart), and no server should always get the same part of the run.
 
 The table gives req/s per case, the best peer of each case and Peephole's ratio to it (the
 best peer differs by case), errors (non-2xx + socket errors; every one must be zero), and
@@ -218,6 +220,35 @@ def summary(rounds: list[dict[str, dict[str, Result]]], peers: list[str], cases:
         print(line)
 
 
+def _peers_stage(r: dict[str, dict[str, Result]], peers: list[Peer], cases: list[str],
+                 args: argparse.Namespace, repo: Path, work: Path) -> None:  # fmt: skip
+    """Every peer through its own scripts, one after the other."""
+    for peer in peers:
+        try:
+            got = run_peer(peer, args.warmup, args.duration)
+        except RuntimeError as e:  # one peer's failure is reported, not the run's end
+            print(f"  {peer.label}: FAILED, left out of this round\n    "
+                  + str(e).strip().replace("\n", "\n    ")[-1500:], flush=True)  # fmt: skip
+            continue
+        r[peer.label] = {c: v for c, v in got.items() if c in cases}
+
+
+def _ours_stage(r: dict[str, dict[str, Result]], peers: list[Peer], cases: list[str],
+                args: argparse.Namespace, repo: Path, work: Path) -> None:  # fmt: skip
+    """Peephole, then the bare ASGI app, with the same cases."""
+    svc = http_bench.peephole(repo, args.workers)
+    try:
+        r["Peephole"] = http_bench.run_cases(svc, work, cases, args.warmup, args.duration)
+    finally:
+        svc.close()
+    if not args.no_bare:
+        svc = http_bench.bare_asgi(args.workers)
+        try:
+            r["bare ASGI"] = http_bench.run_cases(svc, work, cases, args.warmup, args.duration)
+        finally:
+            svc.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("dir", nargs="?", help="the peers' folder (else $PEERS_DIR)")
@@ -251,26 +282,11 @@ def main() -> int:
         for n in range(args.rounds):
             print(f"\nround {n + 1}/{args.rounds}")
             r: dict[str, dict[str, Result]] = {}
-            for peer in peers:
-                try:
-                    got = run_peer(peer, args.warmup, args.duration)
-                except RuntimeError as e:  # one peer's failure is reported, not the run's end
-                    print(f"  {peer.label}: FAILED, left out of this round\n    "
-                          + str(e).strip().replace("\n", "\n    ")[-1500:], flush=True)  # fmt: skip
-                    continue
-                r[peer.label] = {c: v for c, v in got.items() if c in cases}
-            svc = http_bench.peephole(repo, args.workers)
-            try:
-                r["Peephole"] = http_bench.run_cases(svc, work, cases, args.warmup, args.duration)
-            finally:
-                svc.close()
-            if not args.no_bare:
-                svc = http_bench.bare_asgi(args.workers)
-                try:
-                    r["bare ASGI"] = http_bench.run_cases(svc, work, cases, args.warmup,
-                                                          args.duration)  # fmt: skip
-                finally:
-                    svc.close()
+            # The box's speed drifts over minutes: every other round runs Peephole and the bare
+            # app first, so that no server is always measured in the same part of the run.
+            stages = [_peers_stage, _ours_stage] if n % 2 == 0 else [_ours_stage, _peers_stage]
+            for stage in stages:
+                stage(r, peers, cases, args, repo, work)
             print(f"\nround {n + 1}: req/s")
             table(r, [p.label for p in peers], cases)
             rounds.append(r)
