@@ -321,13 +321,7 @@ class LMDBSessionStore:
         key = session_key(session_id)
         await self._locks.acquire(session_id)
         try:
-            try:
-                with self._env.begin() as txn:
-                    raw = txn.get(key, db=self._head)
-                    read = None if raw is None else HEAD.unpack(raw)
-                    body = txn.get(key, db=self._body)
-            except lmdb.Error as e:
-                raise _unavailable(e, self) from e
+            read, body = self._read(key)
             if read is None or body is None or read[2] <= to_us(now()):
                 raise SessionNotFound(f"unknown or expired session {session_id!r}")
             work = unpack(session_id, read, body)
@@ -340,6 +334,32 @@ class LMDBSessionStore:
             self._write_back(key, read, work)
         finally:
             self._locks.release(session_id)
+
+    def _read(self, key: bytes) -> tuple[Head | None, bytes | None]:
+        """The session's head and body, from a read transaction that is gone when this returns.
+
+        py-lmdb gives a read transaction's reader slot back only when the Transaction object
+        itself goes, not when the transaction ends. Held in `locked`'s frame (suspended while
+        the change runs) or in a traceback's frames (freed only by the garbage collector), the
+        objects piled up under load until LMDB had no slot left (MDB_READERS_FULL: every
+        request a 503). Here no frame outlives the call with the object in it."""
+        try:
+            txn = self._env.begin()
+        except lmdb.Error as e:
+            raise _unavailable(e, self) from e
+        try:
+            raw = txn.get(key, db=self._head)
+            body = txn.get(key, db=self._body)
+        except lmdb.Error as e:
+            error: lmdb.Error | None = e
+        else:
+            error = None
+        finally:
+            txn.abort()
+            del txn
+        if error is not None:
+            raise _unavailable(error, self) from error
+        return (None if raw is None else HEAD.unpack(raw)), body
 
     def _write_back(self, key: bytes, read: Head, work: Session) -> None:
         """One write transaction: `work` replaces the session if it is still as `read`."""

@@ -189,3 +189,55 @@ def test_offsets_beyond_64_bits_are_refused_not_stored(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(go())
+
+
+def _reader_slots(store: LMDBSessionStore) -> int:
+    """Reader slots LMDB holds for this environment (one line per slot after a header)."""
+    lines = store._env.readers().splitlines()
+    return 0 if "no active readers" in lines[0] else len(lines) - 1
+
+
+def test_changes_in_flight_and_refused_ones_hold_no_reader_slots(tmp_path: Path) -> None:
+    """py-lmdb gives a reader slot back only when the Transaction object goes. A change in
+    flight (suspended while the model runs) or a refused one (its traceback's frames, freed
+    only by the garbage collector) must not keep one: under load they filled LMDB's 1024
+    slots and every request got a 503 (MDB_READERS_FULL)."""
+    import gc
+
+    async def go() -> None:
+        store = LMDBSessionStore(tmp_path, 1000)
+        ids = [f"s{k}" for k in range(200)]
+        for sid in ids:
+            await store.create(make(sid))
+        gate = asyncio.Event()
+
+        async def change(sid: str, refuse: bool) -> None:
+            async with store.locked(sid) as s:
+                await gate.wait()  # as a step waits for its batch
+                if refuse:
+                    raise SessionNotFound("refused inside the change")
+                s.offset += 1
+
+        errors: list[BaseException] = []  # kept alive, as a server keeps them until collected
+
+        async def run(sid: str, refuse: bool) -> None:
+            try:
+                await change(sid, refuse)
+            except SessionNotFound as e:
+                errors.append(e)
+
+        tasks = [asyncio.create_task(run(sid, k % 2 == 1)) for k, sid in enumerate(ids)]
+        await asyncio.sleep(0.05)
+        assert _reader_slots(store) <= 2, "changes in flight hold reader slots"
+        gate.set()
+        await asyncio.gather(*tasks)
+        assert len(errors) == 100
+        assert _reader_slots(store) <= 2, "refused changes' tracebacks hold reader slots"
+        assert (await store.get("s0")).offset == 1
+        await store.close()
+
+    gc.disable()  # the server collects rarely (app/__main__.py): nothing may rely on it
+    try:
+        asyncio.run(go())
+    finally:
+        gc.enable()
