@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -161,6 +162,22 @@ def log_startup(settings: Settings, private_store: bool = False) -> None:
         log.info("auth: off (PEEPHOLE_API_KEYS is empty: anyone who can connect may call)")
 
 
+def _shared_metrics() -> Path | None:
+    """Workers' metrics added up in /metrics (app/metrics.py): a private directory for
+    prometheus-client's multiprocess files, unless PROMETHEUS_MULTIPROC_DIR names one (then
+    it is the operator's, and kept). Returns the private directory, to be removed at exit."""
+    from app.metrics import SHARED_DIR_ENV
+
+    if os.environ.get(SHARED_DIR_ENV):
+        log.info("metrics: every worker's, added up (%s=%s)", SHARED_DIR_ENV,
+                 os.environ[SHARED_DIR_ENV])  # fmt: skip
+        return None
+    path = Path(tempfile.mkdtemp(prefix="peephole-metrics-"))
+    os.environ[SHARED_DIR_ENV] = str(path)
+    log.info("metrics: every worker's, added up (files in %s, removed at exit)", path)
+    return path
+
+
 def _settle_gc() -> None:
     """Fewer and cheaper garbage collections in a serving process (docs/PERFORMANCE.md).
 
@@ -235,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         **server_options(settings),
     }
     workers = settings.worker_processes
+    metrics_dir: Path | None = None
     try:
         if workers == 1:
             app = create_app(settings)
@@ -243,10 +261,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         else:
             os.environ[_SUPERVISOR] = str(os.getpid())
             os.environ["PEEPHOLE_GRPC_REUSE_PORT"] = "true"  # every worker serves gRPC too
+            metrics_dir = _shared_metrics()
             uvicorn.run("app.__main__:factory", factory=True, workers=workers, **options)
     finally:
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

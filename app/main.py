@@ -138,6 +138,7 @@ def create_app(
             await control.stop()
             await st.close()
             runner.close()
+            metrics.close()
 
     app = PeepholeAPI(
         title="Peephole",

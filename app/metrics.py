@@ -8,14 +8,25 @@
 - the gRPC servicer (app/api/grpc) counts its calls and stream messages by status code;
 - model control (app/inference/control.py) counts loads, refusals, unloads and drains;
 - the process collector gives `process_resident_memory_bytes` (what an unload frees).
+
+Several worker processes behind one port (`python -m app --workers N`) would each answer
+/metrics with their own counts, so a scrape saw whichever worker took the connection and every
+counter jumped between workers' values. With PROMETHEUS_MULTIPROC_DIR set (`python -m app`
+sets a private one when it starts several workers) prometheus-client keeps every value in
+files there, one per process, and /metrics adds up all workers' (prometheus-client's
+multiprocess mode); the `process_*` series are then the answering worker's own.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own name for it
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -56,7 +67,14 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
-        self.live_sessions = Gauge("peephole_sessions_live", "Live streaming sessions", registry=r)
+        # Gauges across workers: the live-session count is read from the (shared) store at
+        # scrape time, so the most recent worker's value is the count; versions held, the most.
+        self.live_sessions = Gauge(
+            "peephole_sessions_live",
+            "Live streaming sessions",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.store_errors = Counter(
             "peephole_session_store_errors_total",
             "Session store failures by operation",
@@ -120,8 +138,15 @@ class Metrics:
             "Model versions held, by state: ready, draining",
             ["state"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         ProcessCollector(registry=r)
+        self.shared_dir = os.environ.get(SHARED_DIR_ENV) or None
+        self._scrape = r
+        if self.shared_dir is not None:  # every worker's values, from their files
+            self._scrape = CollectorRegistry()
+            MultiProcessCollector(self._scrape, path=self.shared_dir)  # type: ignore[no-untyped-call]
+            ProcessCollector(registry=self._scrape)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """One HTTP request or WebSocket connection (labelled children cached: this runs on
@@ -143,4 +168,9 @@ class Metrics:
         self.batch_size.labels(**labels).observe(batch)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._scrape)
+
+    def close(self) -> None:
+        """This worker is going: its live gauges stop counting (its counters keep adding up)."""
+        if self.shared_dir is not None:
+            mark_process_dead(os.getpid(), self.shared_dir)  # type: ignore[no-untyped-call]

@@ -20,8 +20,8 @@ from tests.app.server import App
 from tests.repo import LNSC, RepoModels
 
 
-def shared(repo: Path, workers: int, *args: str) -> App:
-    return App(repo, "--workers", str(workers), "--session-store", "lmdb", *args)
+def shared(repo: Path, workers: int, *args: str, **env: str) -> App:
+    return App(repo, "--workers", str(workers), "--session-store", "lmdb", *args, **env)
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +30,7 @@ def two(models: RepoModels) -> Iterator[App]:
     yield app
     out = app.stop()
     assert not _store(out).exists(), "SIGTERM left the private session store behind"
+    assert not _metrics_dir(out).exists(), "SIGTERM left the private metrics files behind"
 
 
 def test_two_workers_share_sessions(two: App, models: RepoModels) -> None:
@@ -80,6 +81,55 @@ def test_keep_alive_websocket_and_413_through_the_coalescing_protocol(two: App) 
         for k in range(5):
             ws.send(json.dumps({"inputs": [[0.0, 0.0, 0.0]]}))
             assert json.loads(ws.recv(timeout=10))["offset"] == 21 + k
+
+
+LIVE = 'peephole_requests_total{method="GET",route="/health/live",status="200"} '
+
+
+def _live_count(url: str) -> float:
+    """/health/live calls counted by one scrape (a fresh connection: any worker answers)."""
+    text = httpx.get(f"{url}/metrics").text
+    return next((float(ln[len(LIVE) :]) for ln in text.splitlines() if ln.startswith(LIVE)), 0.0)
+
+
+def _hit_live(url: str, n: int) -> None:
+    """n calls, each on a fresh connection, so that the kernel spreads them over the workers."""
+    with ThreadPoolExecutor(12) as pool:
+        codes = list(pool.map(lambda _: httpx.get(f"{url}/health/live").status_code, range(n)))
+    assert set(codes) == {200}
+
+
+def test_metrics_add_up_every_workers_counts(two: App) -> None:
+    """Each scrape, whichever worker answers it, counts every worker's requests: before,
+    a scrape gave the answering worker's own counts and counters jumped between them."""
+    before = _live_count(two.url)
+    _hit_live(two.url, 120)
+    assert {_live_count(two.url) for _ in range(12)} == {before + 120}
+
+
+def test_an_operators_metrics_directory_is_used_and_kept(
+    models: RepoModels, tmp_path: Path
+) -> None:
+    """PROMETHEUS_MULTIPROC_DIR set: the workers write their values there (one file set per
+    worker process) and it is kept at exit."""
+    shared_dir = tmp_path / "metrics"
+    shared_dir.mkdir()
+    app = shared(models.repo, 2, PROMETHEUS_MULTIPROC_DIR=str(shared_dir))
+    try:
+        workers = app.workers()
+        _hit_live(app.url, 60)
+        assert _live_count(app.url) == 60
+    finally:
+        out = app.stop()
+    assert f"PROMETHEUS_MULTIPROC_DIR={shared_dir}" in out
+    written = {f.name for f in shared_dir.iterdir()}
+    for pid in workers:
+        assert f"counter_{pid}.db" in written, (pid, written)
+
+
+def _metrics_dir(log: str) -> Path:
+    line = next(ln for ln in log.splitlines() if "metrics: every worker's" in ln)
+    return Path(line.split("files in ", 1)[1].split(", removed", 1)[0])
 
 
 def _store(log: str) -> Path:
