@@ -19,7 +19,7 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 
 class Architecture(BaseModel):
-    """Every knob of MODEL.md; defaults are the lnsc ones."""
+    """Every knob of docs/MODEL.md; defaults are the lnsc ones."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,4 +1,4 @@
-"""An independent plain-numpy peephole LSTM, written from shared/MODEL.md's equations.
+"""An independent plain-numpy peephole LSTM, written from the equations of docs/MODEL.md.
 
 Deliberately slow and literal: loops over steps, blocks and cells, one scalar equation at
 a time, so that it shares no vectorisation tricks (or bugs) with training/model.py.
