@@ -345,20 +345,14 @@ class LMDBSessionStore:
         request a 503). Here no frame outlives the call with the object in it."""
         try:
             txn = self._env.begin()
+            try:
+                raw = txn.get(key, db=self._head)
+                body = txn.get(key, db=self._body)
+            finally:
+                txn.abort()
+                del txn  # before an error's traceback can keep this frame
         except lmdb.Error as e:
             raise _unavailable(e, self) from e
-        try:
-            raw = txn.get(key, db=self._head)
-            body = txn.get(key, db=self._body)
-        except lmdb.Error as e:
-            error: lmdb.Error | None = e
-        else:
-            error = None
-        finally:
-            txn.abort()
-            del txn
-        if error is not None:
-            raise _unavailable(error, self) from error
         return (None if raw is None else HEAD.unpack(raw)), body
 
     def _write_back(self, key: bytes, read: Head, work: Session) -> None:
